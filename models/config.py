@@ -1,0 +1,201 @@
+"""``ModelConfig``: the single source of truth for a variant's architecture.
+
+Every architecture axis is one field. Allowed values are taken from the module that implements
+the axis (``NORMS`` in norms.py, ``FFNS`` in ffn.py, ...), so adding a value is a local change there.
+Invalid values and combinations are rejected at construction with a ``ConfigError`` naming the
+field and the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .blocks import BLOCKS, NORM_POSITIONS
+from .ffn import FFNS, is_gated
+from .init import INITS
+from .norms import NORMS
+from .positions import POSITIONS
+
+
+class ConfigError(ValueError):
+    """A config field has an invalid value; the message names the field and what is allowed."""
+
+
+# field name -> allowed values, for every categorical axis
+CHOICES: dict[str, tuple[str, ...]] = {
+    "norm_position": tuple(NORM_POSITIONS),
+    "norm": tuple(NORMS),
+    "ffn": tuple(FFNS),
+    "block": tuple(BLOCKS),
+    "position": tuple(POSITIONS),
+    "init": tuple(INITS),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # shape
+    vocab_size: int = 256
+    context_length: int = 128
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None -> n_heads (MHA); 1 < g < n_heads: GQA; 1: MQA
+    head_dim: int | None = None  # None -> d_model // n_heads
+    d_ff: int | None = None  # None -> 4 d (plain) or 8/3 d rounded up to ffn_multiple_of (gated)
+    ffn_multiple_of: int = 8
+    # architecture axes
+    norm_position: str = "pre"  # pre | post | sandwich | reordered
+    norm: str = "rmsnorm"  # layernorm | rmsnorm | none
+    norm_eps: float = 1e-5
+    bias: bool = False
+    ffn: str = "swiglu"
+    block: str = "serial"  # serial | parallel
+    position: str = "rope"  # rope | learned | sinusoidal | none
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    residual: bool = True
+    init: str = "gpt2"  # gpt2 | xavier | kaiming
+    init_std: float = 0.02
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self._check_types()
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "ffn_multiple_of"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        for name in ("n_kv_heads", "head_dim", "d_ff"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be a positive integer or null (derived)")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "change one of them or set head_dim explicitly"
+            )
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "
+                f"(allowed: {[g for g in range(1, self.n_heads + 1) if self.n_heads % g == 0]})"
+            )
+        if self.kv_heads > self.n_heads:
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must be <= n_heads={self.n_heads}")
+        if self.position == "rope" and self.dim_head % 2:
+            raise ConfigError(f"position='rope' needs an even head_dim, got head_dim={self.dim_head}")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"position='sinusoidal' needs an even d_model, got d_model={self.d_model}")
+        if self.qk_norm and self.norm == "none":
+            raise ConfigError("qk_norm=True normalises q and k with the configured norm, but norm='none'; "
+                              "set norm to one of ['layernorm', 'rmsnorm'] or qk_norm=False")
+        for name in ("attn_softcap", "final_softcap"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value} must be a positive number or null (off)")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"norm_eps={self.norm_eps} must be > 0")
+        if not self.rope_theta > 0:
+            raise ConfigError(f"rope_theta={self.rope_theta} must be > 0")
+        if not self.init_std > 0:
+            raise ConfigError(f"init_std={self.init_std} must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+
+    def _check_types(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = f.type.replace(" | None", "")
+            optional = "None" in f.type
+            if value is None:
+                if optional:
+                    continue
+                raise ConfigError(f"{f.name} may not be null")
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+            }[kind]
+            if not ok:
+                raise ConfigError(f"{f.name}={value!r} must be of type {kind}{' or null' if optional else ''}")
+            if kind == "float" and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value!r} must be finite")
+
+    # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if is_gated(self.ffn):
+            m = self.ffn_multiple_of
+            return m * math.ceil(8 * self.d_model / 3 / m)
+        return 4 * self.d_model
+
+    @property
+    def attention_kind(self) -> str:
+        g = self.kv_heads
+        return "mha" if g == self.n_heads else ("mqa" if g == 1 else "gqa")
+
+    # ---- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; allowed fields: {sorted(known)}")
+        return cls(**d)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "ModelConfig":
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of every field (stable across Python sessions)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def short_name(self) -> str:
+        """A stable, path-safe name: the main axes in words, then 8 hex digits of the fingerprint."""
+        parts = [
+            self.norm_position,
+            self.norm,
+            self.ffn,
+            self.block,
+            f"{self.attention_kind}{self.n_heads}x{self.kv_heads}",
+            self.position,
+            f"d{self.d_model}L{self.n_layers}",
+        ]
+        return "-".join(parts) + "-" + self.fingerprint()[:8]
