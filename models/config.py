@@ -25,6 +25,51 @@ class ConfigError(ValueError):
     """A config field has an invalid value; the message names the field and what is allowed."""
 
 
+def check_types(obj, error: type[Exception] = ConfigError) -> None:
+    """Check every field of a (``from __future__ import annotations``) dataclass against its
+    annotation: int, float, bool, str, list, and ``X | None``. Raises ``error`` naming the field."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kind = f.type.replace(" | None", "")
+        optional = "None" in f.type
+        if value is None:
+            if optional:
+                continue
+            raise error(f"{f.name} may not be null")
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+        }.get(kind.split("[")[0], True)
+        if kind.startswith(("list", "tuple")):
+            ok = isinstance(value, (list, tuple))
+        if not ok:
+            raise error(f"{f.name}={value!r} must be of type {kind}{' or null' if optional else ''}")
+        if kind == "float" and not math.isfinite(value):
+            raise error(f"{f.name}={value!r} must be finite")
+
+
+def from_mapping(cls, d, error: type[Exception] = ConfigError, what: str = "config"):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise error(f"the {what} must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"unknown {what} field(s) {unknown}; allowed fields: {sorted(known)}")
+    d = dict(d)
+    for f in fields(cls):  # YAML 1.1 reads 3e-3 as a string: accept numeric strings for floats
+        if f.type.startswith("float") and isinstance(d.get(f.name), str):
+            try:
+                d[f.name] = float(d[f.name])
+            except ValueError:
+                raise error(f"{f.name}={d[f.name]!r} must be a number") from None
+    return cls(**d)
+
+
 # field name -> allowed values, for every categorical axis
 CHOICES: dict[str, tuple[str, ...]] = {
     "norm_position": tuple(NORM_POSITIONS),
@@ -67,7 +112,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        self._check_types()
+        check_types(self)
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -111,26 +156,6 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
 
-    def _check_types(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = f.type.replace(" | None", "")
-            optional = "None" in f.type
-            if value is None:
-                if optional:
-                    continue
-                raise ConfigError(f"{f.name} may not be null")
-            ok = {
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-                "bool": isinstance(value, bool),
-                "str": isinstance(value, str),
-            }[kind]
-            if not ok:
-                raise ConfigError(f"{f.name}={value!r} must be of type {kind}{' or null' if optional else ''}")
-            if kind == "float" and not math.isfinite(value):
-                raise ConfigError(f"{f.name}={value!r} must be finite")
-
     # ---- derived quantities -------------------------------------------------------------------
     @property
     def kv_heads(self) -> int:
@@ -160,13 +185,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a model config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}; allowed fields: {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, ConfigError, "model config")
 
     def to_yaml(self) -> str:
         import yaml
