@@ -398,12 +398,16 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description="Build (or verify) the token files of a data config.")
     p.add_argument("--config", help="YAML file with a data mapping (or a run config with a 'data' key)")
+    p.add_argument("--json", help="the data mapping as JSON (instead of --config)")
     p.add_argument("--work", default="work", help="work folder (token files, downloads, HF cache)")
     p.add_argument("--link", help="write the token folder's path to this file once ready")
     args = p.parse_args(argv)
-    d = yaml.safe_load(open(args.config)) if args.config else {}
+    d = json.loads(args.json) if args.json else (yaml.safe_load(open(args.config)) if args.config else {})
     d = d.get("data", d) if isinstance(d, dict) else d
-    data = prepare(DataConfig.from_dict(d), args.work)
+    try:
+        data = prepare(DataConfig.from_dict(d), args.work)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
     print(f"{data.folder}: train {len(data.train):,} tokens, val {len(data.val):,} tokens, "
           f"{data.bytes_per_token:.3f} bytes/token")
     if args.link:

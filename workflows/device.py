@@ -62,7 +62,10 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None =
     return 2 * n**3 / best
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, cache_file: str | os.PathLike | None) -> dict:
+def peak_flops(device: torch.device, dtype: torch.dtype, cache_file: str | os.PathLike | None,
+               persist: bool = True) -> dict:
+    """Cached peak for this (device, dtype, threads, torch); measured when missing. ``persist=False``
+    treats the cache as read-only (the pipeline's peak_flops rule owns it)."""
     key = f"{device_name(device)}|{str(dtype).removeprefix('torch.')}|threads={torch.get_num_threads()}" \
           f"|torch={torch.__version__}"
     cache = {}
@@ -75,7 +78,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, cache_file: str | os.Pa
         cache[key] = {"flops": measure_peak_flops(device, dtype),
                       "method": "max over 5 repeats of a square matmul (2n^3 FLOPs), n=8192 CUDA / 2048 CPU",
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        if cache_file:
+        if cache_file and persist:
             write_json(cache_file, cache)
     return {"key": key, **cache[key]}
 
@@ -86,3 +89,23 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="Measure the device's peak matmul FLOP/s and cache it.")
+    p.add_argument("--out", required=True, help="JSON cache file")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = resolve_device(args.device)
+    peak = peak_flops(d, resolve_dtype(args.dtype, d), args.out)
+    print(f"{peak['key']}: {peak['flops'] / 1e9:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

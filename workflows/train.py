@@ -212,7 +212,7 @@ class Diverged(Exception):
 class Run:
     """State of one run; ``fit()`` trains from the last checkpoint (or step 0) to the end."""
 
-    def __init__(self, cfg: RunConfig, out: Path, work: Path, peak_file: Path | None):
+    def __init__(self, cfg: RunConfig, out: Path, work: Path, peak_file: Path | None, peak_persist: bool = True):
         self.cfg, self.out, self.tc = cfg, out, cfg.train
         self.device = dev.resolve_device(self.tc.device)
         self.dtype = dev.resolve_dtype(self.tc.dtype, self.device)
@@ -228,7 +228,7 @@ class Run:
         self.layers = layer_params(self.model)
         self.init_loss = math.log(cfg.model.vocab_size)
         self.val_x, self.val_y = val_windows(self.data.val, cfg.model.context_length, self.tc.eval_windows)
-        self.peak = dev.peak_flops(self.device, self.dtype, peak_file)
+        self.peak = dev.peak_flops(self.device, self.dtype, peak_file, persist=peak_persist)
         self.ckpt = out / "checkpoint.pt"
         self.state = {"step": 0, "history": [], "ema": None, "ema_steps": 0, "above": 0, "timed_tokens": 0,
                       "timed_seconds": 0.0, "wall": 0.0, "diverged": None, "started": time.time(),
@@ -490,9 +490,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, work: str | os.PathLike = "wor
     if threads:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
+    persist = peak_file is None  # an explicit cache file is read-only (the pipeline's peak_flops rule owns it)
     if peak_file is None:
         peak_file = work / "device" / "peak_flops.json"
-    run = Run(cfg, out, work, Path(peak_file))
+    run = Run(cfg, out, work, Path(peak_file), persist)
     metrics = run.fit()
     write_parquet(out / "history.parquet", run.history_frame())
     write_json(out / "metrics.json", metrics)  # written last: its presence marks a finished run
@@ -507,7 +508,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder (metrics.json, history.parquet)")
     p.add_argument("--work", default="work", help="work folder for token files and caches (default: work)")
     p.add_argument("--threads", type=int, help="torch threads (train.threads overrides)")
-    p.add_argument("--peak-flops", help="JSON cache of measured peak FLOP/s (default: WORK/device/peak_flops.json)")
+    p.add_argument("--peak-flops", help="read-only JSON cache of measured peak FLOP/s (default: WORK/device/peak_flops.json, updated)")
     args = p.parse_args(argv)
     try:
         cfg = RunConfig.from_yaml(args.config)

@@ -1,0 +1,32 @@
+# archbench: data → train → aggregate → figures → claims.
+#
+#   snakemake --cores all                                   # the default CPU grid (config/config.yaml)
+#   snakemake --cores all --configfile config/paper.yaml    # the paper-scale grid (GPU)
+#   snakemake --workflow-profile workflows/profiles/gpu     # several jobs share one GPU
+#   snakemake --report results/report.html                  # figures with captions, one HTML file
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+# --configfile replaces the default grid instead of being merged into it
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/data.smk"
+include: "workflows/rules/train.smk"
+include: "workflows/rules/aggregate.smk"
+include: "workflows/rules/figures.smk"
+include: "workflows/rules/claims.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        TABLES,
+        FIGURE_FILES,
+        CLAIM_OUTPUTS,

@@ -1,0 +1,180 @@
+"""Aggregate: per-run outputs → tidy tables.
+
+    python -m workflows.aggregate --grid results/grid.json --runs RUN_DIR... --out results
+
+Writes ``runs.csv``/``runs.parquet`` (one row per run, one column per model axis), ``history.parquet``
+(every run's long-format history with variant/seed/lr), and ``summary.csv``/``.md``/``.tex`` (one row
+per variant: loss at its best LR with a 95% bootstrap CI over seeds, Δ vs the baseline paired by seed,
+divergence k/n with a Wilson 95% interval, Wortsman LR sensitivity, median tokens/s and its ratio to
+the baseline, parameters).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models import ModelConfig
+
+from . import stats
+from .io import atomic_path, write_csv, write_parquet, write_text
+
+AXES = ["norm_position", "norm", "bias", "ffn", "block", "n_heads", "n_kv_heads", "attention", "position",
+        "qk_norm", "attn_softcap", "final_softcap", "residual", "init", "tie_embeddings", "dropout",
+        "d_model", "n_layers", "head_dim", "d_ff", "context_length", "vocab_size"]
+TRAIN_COLS = ["steps", "batch_size", "warmup_steps", "z_loss", "weight_decay", "grad_clip"]
+
+
+def spike_score(grad_norms: np.ndarray, window: int = 1000, sigmas: float = 7.0) -> float:
+    """OLMo 2 §3.3: % of steps whose value is ≥ ``sigmas`` σ above the rolling mean of the last
+    ``window`` steps (the window is truncated at the start of training)."""
+    s = pd.Series(grad_norms)
+    prev = s.shift(1)
+    mean = prev.rolling(window, min_periods=10).mean()
+    std = prev.rolling(window, min_periods=10).std()
+    valid = mean.notna()
+    if not valid.any():
+        return math.nan
+    return float(100 * ((s > mean + sigmas * std) & valid).sum() / valid.sum())
+
+
+def run_row(run_dir: Path, grid: dict) -> tuple[dict, pd.DataFrame]:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    h = pd.read_parquet(run_dir / "history.parquet")
+    cfg = m["config"]
+    mc = ModelConfig.from_dict(cfg["model"])
+    meta = grid["variants"].get(m["variant"], {})
+    row = {"variant": m["variant"], "family": meta.get("family", ""), "seed": m["seed"], "lr": m["lr"],
+           "status": m["status"]}
+    row.update({a: cfg["model"].get(a) for a in AXES if a in cfg["model"]})
+    row.update(n_kv_heads=mc.kv_heads, attention=mc.attention_kind, head_dim=mc.dim_head, d_ff=mc.ffn_dim)
+    row.update({c: cfg["train"][c] for c in TRAIN_COLS})
+    for k in ("final_val_loss", "final_val_bpb", "best_val_loss", "last_val_loss", "init_loss", "diverged",
+              "diverged_step", "diverged_reason", "tokens_per_s", "mfu", "peak_mem_mb", "params",
+              "nonembed_params", "flops_per_token", "tokens_seen", "wall_time_s", "peak_flops"):
+        row[k] = m.get(k)
+    prov = m["provenance"]
+    row.update(device=prov["device"], dtype=prov["dtype"], threads=prov["threads"], git_commit=prov["git_commit"],
+               torch=prov["torch"], data_key=prov["data_key"], run_dir=str(run_dir))
+    tr = h[(h.kind == "train") & (h.metric == "loss")].sort_values("step")
+    gn = h[(h.kind == "train") & (h.metric == "grad_norm")].sort_values("step")
+    logit = h[(h.kind == "layer") & (h.metric == "attn_logit_max")]
+    logz = h[(h.kind == "logits") & (h.metric == "logz_mean")].sort_values("step")
+    row["final_train_loss"] = float(tr.value.iloc[-10:].mean()) if len(tr) else math.nan
+    row["max_attn_logit"] = float(logit.value.max()) if len(logit) else math.nan
+    row["final_logz_mean"] = float(logz.value.iloc[-1]) if len(logz) else math.nan
+    row["grad_spike_score"] = spike_score(gn.value.to_numpy()) if len(gn) else math.nan
+    h.insert(0, "lr", m["lr"])
+    h.insert(0, "seed", m["seed"])
+    h.insert(0, "variant", m["variant"])
+    return row, h
+
+
+def best_lr_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, lr): mean over seeds of the final loss with diverged runs counted as ℓ0."""
+    r = runs.assign(loss_or_init=np.where(runs.diverged | runs.final_val_loss.isna(), runs.init_loss,
+                                          np.minimum(runs.final_val_loss, runs.init_loss)))
+    return r.groupby(["variant", "lr"], as_index=False).agg(score=("loss_or_init", "mean"),
+                                                             n=("seed", "size"), k_div=("diverged", "sum"))
+
+
+def summarise(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
+    baseline = grid["baseline"]
+    per_lr = best_lr_table(runs)
+    best = per_lr.loc[per_lr.groupby("variant").score.idxmin()].set_index("variant")
+    order = [v for v in grid["order"] if v in set(runs.variant)]
+
+    def at_best(v):
+        r = runs[(runs.variant == v) & (runs.lr == best.loc[v, "lr"])]
+        return dict(zip(r.seed, r.final_val_loss.astype(float)))
+
+    base_tps = runs[runs.variant == baseline].tokens_per_s.median() if baseline in set(runs.variant) else math.nan
+    base_at_best = at_best(baseline) if baseline in best.index else {}
+    rows = []
+    for v in order:
+        r = runs[runs.variant == v]
+        vals = at_best(v)
+        mean, lo, hi = stats.mean_ci(list(vals.values()))
+        d, dlo, dhi, npair = stats.paired_delta(vals, base_at_best) if v != baseline else (0.0, 0.0, 0.0, len(vals))
+        k, n = int(r.diverged.sum()), len(r)
+        wlo, whi = stats.wilson(k, n)
+        lrs = per_lr[per_lr.variant == v]
+        stable = r.groupby("lr").diverged.sum()
+        stable = stable[stable == 0]
+        tps = r.tokens_per_s.median()
+        rows.append({
+            "variant": v, "family": grid["variants"][v].get("family", ""), "runs": n,
+            "seeds": r.seed.nunique(), "lrs": r.lr.nunique(), "best_lr": best.loc[v, "lr"],
+            "final_loss": mean, "final_loss_ci_low": lo, "final_loss_ci_high": hi,
+            "delta_vs_baseline": d, "delta_ci_low": dlo, "delta_ci_high": dhi, "delta_pairs": npair,
+            "diverged": k, "divergence_rate": k / n if n else math.nan, "divergence_ci_low": wlo,
+            "divergence_ci_high": whi,
+            "lr_sensitivity": stats.lr_sensitivity(dict(zip(lrs.lr, lrs.score)), float(r.init_loss.iloc[0])),
+            "max_stable_lr": float(stable.index.max()) if len(stable) else math.nan,
+            "tokens_per_s": tps, "speed_ratio": tps / base_tps if base_tps else math.nan,
+            "mfu": r.mfu.median(), "params": int(r.params.iloc[0]), "nonembed_params": int(r.nonembed_params.iloc[0]),
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_summary(s: pd.DataFrame) -> str:
+    def ci(m, lo, hi, f="{:.3f}"):
+        if not np.isfinite(m):
+            return "—"
+        return f.format(m) + (f" [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo) else "")
+
+    t = pd.DataFrame({
+        "variant": s.variant,
+        "best LR": s.best_lr.map("{:g}".format),
+        "final loss [95% CI]": [ci(*x) for x in zip(s.final_loss, s.final_loss_ci_low, s.final_loss_ci_high)],
+        "Δ vs baseline [95% CI]": [ci(*x, f="{:+.3f}") for x in zip(s.delta_vs_baseline, s.delta_ci_low, s.delta_ci_high)],
+        "diverged k/n [Wilson 95%]": [f"{k}/{n} [{lo:.2f}, {hi:.2f}]" for k, n, lo, hi in
+                                      zip(s.diverged, s.runs, s.divergence_ci_low, s.divergence_ci_high)],
+        "LR sensitivity": s.lr_sensitivity.map("{:.3f}".format),
+        "tokens/s": s.tokens_per_s.map("{:,.0f}".format),
+        "speed vs baseline": s.speed_ratio.map("{:.2f}×".format),
+        "params": s.params.map("{:,}".format),
+    })
+    return t.to_markdown(index=False)
+
+
+def aggregate(run_dirs: list[Path], grid: dict, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, hists = zip(*(run_row(Path(d), grid) for d in run_dirs))
+    runs = pd.DataFrame(rows)
+    order = {v: i for i, v in enumerate(grid["order"])}
+    runs = runs.sort_values(["variant", "lr", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
+    runs = runs.reset_index(drop=True)
+    history = pd.concat(hists, ignore_index=True)
+    summary = summarise(runs, grid)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "runs.csv", runs)
+    write_parquet(out / "runs.parquet", runs)
+    write_parquet(out / "history.parquet", history)
+    write_csv(out / "summary.csv", summary)
+    header = (f"Per variant at its best LR (lowest mean final validation loss over seeds, diverged runs counted "
+              f"as ln(vocab)); 95% CIs: percentile bootstrap over seeds (seed {stats.BOOTSTRAP_SEED}); "
+              f"Δ paired by seed; divergence: Wilson score interval over all runs of the variant.\n\n")
+    write_text(out / "summary.md", header + markdown_summary(summary) + "\n")
+    with atomic_path(out / "summary.tex") as tmp:
+        tmp.write_text(summary.drop(columns=["family"]).to_latex(index=False, float_format="%.4g"))
+    return runs, summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Aggregate finished runs into tidy tables.")
+    p.add_argument("--grid", required=True, help="grid.json written by the pipeline (variants, order, baseline)")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders holding metrics.json + history.parquet")
+    p.add_argument("--out", default="results")
+    args = p.parse_args(argv)
+    grid = json.loads(Path(args.grid).read_text())
+    runs, summary = aggregate([Path(r) for r in args.runs], grid, Path(args.out))
+    bad = runs[runs.status != "ok"]
+    print(f"{len(runs)} runs ({len(bad)} diverged) of {runs.variant.nunique()} variants -> {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

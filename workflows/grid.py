@@ -1,0 +1,123 @@
+"""The experiment grid: a pipeline config (config/*.yaml) → one RunConfig per (variant, seed, LR).
+
+A variant is the base model/train config plus a few overrides (one axis for a one-factor ablation).
+``Grid.from_config`` builds and validates every run config up front, so a bad value anywhere in the
+grid stops the pipeline before any job runs, with a message naming the variant and the field.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.config import ConfigError
+
+from .train import RunConfig
+
+
+def lr_label(lr: float) -> str:
+    """Path-safe, round-trippable LR label: 0.003 -> '0.003', 1e-05 -> '1e-05'."""
+    return f"{lr:g}"
+
+
+def deep_update(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@dataclass
+class Grid:
+    config: dict
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Grid":
+        grid = cls(config)
+        if grid.baseline not in grid.variants:
+            raise ConfigError(f"baseline={grid.baseline!r} is not one of the variants {list(grid.variants)}")
+        if len(set(map(lr_label, grid.lrs))) != len(grid.lrs):
+            raise ConfigError(f"lrs={grid.lrs} has duplicates")
+        for v in grid.variants:
+            for lr in grid.variant_lrs(v):
+                for s in grid.variant_seeds(v):
+                    try:
+                        grid.run_config(v, s, lr)
+                    except (ConfigError, ValueError) as e:
+                        raise ConfigError(f"variant {v!r}: {e}") from None
+        return grid
+
+    @property
+    def baseline(self) -> str:
+        return self.config["baseline"]
+
+    @property
+    def variants(self) -> dict:
+        return self.config["variants"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config["seeds"])
+
+    @property
+    def lrs(self) -> list[float]:
+        return [float(x) for x in self.config["lrs"]]
+
+    def variant_seeds(self, v: str) -> list[int]:
+        return list(self.variants[v].get("seeds") or self.seeds)
+
+    def variant_lrs(self, v: str) -> list[float]:
+        return [float(x) for x in (self.variants[v].get("lrs") or self.lrs)]
+
+    def run_dict(self, variant: str, seed: int, lr: float) -> dict:
+        spec = self.variants[variant] or {}
+        model = deep_update(self.config.get("model", {}), spec.get("model", {}))
+        train = deep_update(self.config.get("train", {}), spec.get("train", {}))
+        train["lr"] = float(lr)
+        return {"variant": variant, "seed": int(seed), "model": model, "data": self.config.get("data", {}),
+                "train": train}
+
+    def run_config(self, variant: str, seed: int, lr: float) -> RunConfig:
+        return RunConfig.from_dict(self.run_dict(variant, seed, lr))
+
+    def runs(self) -> list[tuple[str, int, str]]:
+        """(variant, seed, lr label) of every run, variants in config order."""
+        return [(v, s, lr_label(lr)) for v in self.variants for lr in self.variant_lrs(v)
+                for s in self.variant_seeds(v)]
+
+    def lr_of(self, variant: str, label: str) -> float:
+        for lr in self.variant_lrs(variant):
+            if lr_label(lr) == label:
+                return lr
+        raise KeyError(f"variant {variant!r} has no LR {label!r}")
+
+    def summary(self) -> dict:
+        """What aggregate/figures/claims need: order, baseline, families, seeds, LRs, base configs."""
+        return {
+            "name": self.config.get("name", ""), "baseline": self.baseline, "order": list(self.variants),
+            "seeds": self.seeds, "lrs": self.lrs,
+            "variants": {v: {"family": (s or {}).get("family", "other"), "description": (s or {}).get("description", ""),
+                             "model": (s or {}).get("model", {}), "train": (s or {}).get("train", {}),
+                             "seeds": self.variant_seeds(v), "lrs": self.variant_lrs(v)}
+                         for v, s in self.variants.items()},
+            "model": self.config.get("model", {}), "train": self.config.get("train", {}),
+            "data": self.config.get("data", {}),
+        }
+
+
+def load_pipeline_config(path: str | Path) -> dict:
+    """Load and validate a pipeline config file exactly as the Snakefile does (schema defaults included)."""
+    import yaml
+    from snakemake.utils import validate
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    validate(cfg, str(Path(__file__).parent / "schemas" / "config.schema.json"))
+    return cfg
+
+
+def write_grid_json(grid: Grid, path) -> None:
+    from .io import write_text
+
+    write_text(path, json.dumps(grid.summary(), indent=2) + "\n")

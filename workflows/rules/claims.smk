@@ -1,0 +1,1 @@
+CLAIM_OUTPUTS = []

@@ -1,0 +1,36 @@
+# Shared by every rule: the validated config, the grid of runs, paths and the Python to call.
+import json
+import shlex
+import sys
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.json")
+
+from workflows.grid import Grid, lr_label, write_grid_json  # noqa: E402
+from workflows.data import DataConfig  # noqa: E402
+
+try:
+    GRID = Grid.from_config(config)
+except ValueError as e:  # ConfigError / DataError: name the field, run nothing
+    raise WorkflowError(f"invalid config: {e}") from None
+
+PY = shlex.quote(sys.executable)
+RESULTS, FIGURES, WORK, LOGS = config["results"], config["figures"], config["work"], config["logs"]
+DATA_KEY = DataConfig.from_dict(config["data"]).key()
+DATA_META = f"{WORK}/data/{DATA_KEY}/meta.json"
+PEAK_FLOPS = f"{WORK}/device/peak_flops.json"
+RUN_DIR = RESULTS + "/runs/{variant}/seed{seed}/lr{lr}"
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+    lr=r"[0-9][0-9.e+-]*",
+
+
+def run_dirs():
+    return [RUN_DIR.format(variant=v, seed=s, lr=lr) for v, s, lr in GRID.runs()]
+
+
+def run_files(name):
+    return [f"{d}/{name}" for d in run_dirs()]

@@ -1,0 +1,37 @@
+# Data: fetch the corpus once (network), tokenize with `datasets`, cache flat uint16 token files.
+localrules: grid, run_config, tokens
+
+
+rule grid:
+    """What aggregate, figures and claims need to know about the grid (order, baseline, families)."""
+    output:
+        f"{RESULTS}/grid.json",
+    params:
+        summary=GRID.summary(),
+    run:
+        write_grid_json(GRID, output[0])
+
+
+rule tokens:
+    """Token files + meta.json (sha256 of text, tokenizer and token files) for config['data']."""
+    output:
+        DATA_META,
+    params:
+        data=shlex.quote(json.dumps(config["data"])),
+    log:
+        f"{LOGS}/data/{DATA_KEY}.log",
+    shell:
+        "{PY} -m workflows.data --json {params.data} --work {WORK} > {log} 2>&1"
+
+
+rule peak_flops:
+    """Peak matmul FLOP/s of the training device, measured once (the MFU denominator)."""
+    output:
+        PEAK_FLOPS,
+    threads: config["threads"]
+    resources:
+        gpu=1 if config.get("gpu_mem_mb") else 0,
+    log:
+        f"{LOGS}/device/peak_flops.log",
+    shell:
+        "{PY} -m workflows.device --out {output} --threads {threads} > {log} 2>&1"
