@@ -369,14 +369,27 @@ def prepare(cfg: DataConfig, work: str | os.PathLike = "work") -> TokenData:
 # ------------------------------------------------------------------------------------------------
 # batches
 # ------------------------------------------------------------------------------------------------
-def train_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int):
-    """Random windows for one step, a pure function of (seed, step): resumable and reproducible."""
+def window_starts(n_tokens: int, batch_size: int, seq_len: int, seed: int, step: int):
+    """Start offsets of one step's random windows: a pure function of (seed, step), so a run is
+    reproducible and resumable without saving any sampler state."""
     import torch
 
     g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
-    starts = torch.randint(0, len(tokens) - seq_len - 1, (batch_size,), generator=g).numpy()
-    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
-    w = torch.from_numpy(tokens[idx].astype(np.int64))
+    return torch.randint(0, n_tokens - seq_len - 1, (batch_size,), generator=g)
+
+
+def train_batch(tokens, batch_size: int, seq_len: int, seed: int, step: int):
+    """(x, y) for one step. ``tokens`` is the memory-mapped uint16 array, or a torch tensor already on
+    the training device (the GPU path keeps the whole corpus there and gathers windows in place)."""
+    import torch
+
+    starts = window_starts(len(tokens), batch_size, seq_len, seed, step)
+    if isinstance(tokens, torch.Tensor):
+        idx = starts.to(tokens.device)[:, None] + torch.arange(seq_len + 1, device=tokens.device)[None, :]
+        w = tokens[idx].long()
+    else:
+        idx = starts.numpy()[:, None] + np.arange(seq_len + 1)[None, :]
+        w = torch.from_numpy(tokens[idx].astype(np.int64))
     return w[:, :-1], w[:, 1:]
 
 

@@ -227,6 +227,9 @@ class Run:
         self.compiled = compile_on
         self.layers = layer_params(self.model)
         self.init_loss = math.log(cfg.model.vocab_size)
+        # on CUDA the whole token stream lives on the GPU (int32) and windows are gathered there
+        self.train_tokens = (torch.from_numpy(self.data.train.astype("int32")).to(self.device)
+                             if self.device.type == "cuda" else self.data.train)
         self.val_x, self.val_y = val_windows(self.data.val, cfg.model.context_length, self.tc.eval_windows)
         self.peak = dev.peak_flops(self.device, self.dtype, peak_file, persist=peak_persist)
         self.ckpt = out / "checkpoint.pt"
@@ -324,7 +327,7 @@ class Run:
         lr = lr_at(step, tc)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        x, y = train_batch(self.data.train, tc.batch_size, self.cfg.model.context_length, self.cfg.seed, step)
+        x, y = train_batch(self.train_tokens, tc.batch_size, self.cfg.model.context_length, self.cfg.seed, step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self.autocast():
             out = self.fwd(x, stats=True) if stats else self.fwd(x)

@@ -1,7 +1,13 @@
 # Shared by every rule: the validated config, the grid of runs, paths and the Python to call.
 import json
+import os
 import shlex
 import sys
+
+# jobs run `python -m workflows.*` from the working directory: make the repo importable there too
+REPO = os.path.dirname(os.path.abspath(workflow.main_snakefile))
+sys.path.insert(0, REPO)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
 from snakemake.utils import validate
 
