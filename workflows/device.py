@@ -48,8 +48,9 @@ def synchronize(device: torch.device) -> None:
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
     """Best observed FLOP/s of an n×n by n×n matmul (2n³ FLOPs)."""
     n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout) untouched
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     for _ in range(2):
         a @ b
     synchronize(device)

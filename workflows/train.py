@@ -370,6 +370,7 @@ class Run:
         seg_start = time.time()
         start = self.state["step"]
         if start == 0 and not resumed:
+            torch.manual_seed(self.cfg.seed + 1)  # dropout RNG: independent of whatever ran before
             self.eval_and_log(0)
         pbar = None
         if sys.stderr.isatty():

@@ -1,0 +1,96 @@
+"""Data: markdown stripping, play split, local files through `datasets`, tokenizers, token files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workflows import data as D
+
+
+def test_strip_markdown_removes_markup_and_keeps_text():
+    md = "# Hamlet\n\n## ACT I\n\n_Enter HAMLET_\n\n**HAMLET**  \nTo be, or not to be  \nthat is the question.\n"
+    out = D.strip_markdown(md)
+    assert out == "Hamlet\n\nACT I\n\nEnter HAMLET\n\nHAMLET\nTo be, or not to be\nthat is the question.\n"
+    assert "snake_case_word" in D.strip_markdown("a snake_case_word here")
+
+
+def test_play_split_is_deterministic_whole_plays():
+    plays = {f"genre/play-{i:02d}": f"text {i}" for i in range(38)}
+    train, val = D.split_plays(plays)
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(plays)
+    assert len(val) == 4 and D.split_plays(dict(reversed(list(plays.items())))) == (train, val)
+
+
+def test_local_text_files_round_trip_bytes(corpus, work):
+    cfg = D.DataConfig(source=str(corpus / "*.txt"))
+    data = D.prepare(cfg, work)
+    assert data.meta["vocab_size"] == 256 and data.bytes_per_token == 1.0
+    text = bytes(np.asarray(data.train[:200]).tolist()).decode()
+    assert "quick brown fox" in text
+    total = sum(len(p.read_text().encode()) + 2 for p in corpus.glob("*.txt"))
+    assert len(data.train) + len(data.val) == total  # every byte (plus separators) lands in one split
+    assert data.meta["train"]["documents"] + data.meta["val"]["documents"] == 12
+
+
+def test_jsonl_text_field_and_error_naming_it(tmp_path, work):
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps({"body": f"story number {i} " * 20}) for i in range(20)))
+    data = D.prepare(D.DataConfig(source=str(f), text_field="body"), work)
+    assert len(data.train) > len(data.val) > 0
+    with pytest.raises(D.DataError, match="text_field='text'"):
+        D.prepare(D.DataConfig(source=str(f)), work)
+
+
+def test_bpe_is_trained_on_train_split_and_compresses(corpus, work):
+    data = D.prepare(D.DataConfig(source=str(corpus / "*.txt"), tokenizer="bpe", bpe_vocab_size=300), work)
+    assert data.meta["vocab_size"] <= 300 and data.bytes_per_token > 1.2
+    assert (data.folder / "tokenizer.json").exists() and int(np.max(data.train)) < 300
+
+
+def test_corrupt_token_file_is_named_and_rebuilt(corpus, work):
+    cfg = D.DataConfig(source=str(corpus / "doc0*.txt"))
+    data = D.prepare(cfg, work)
+    good = np.array(data.train)
+    path = data.folder / "train.bin"
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match="train.bin is corrupt"):
+        D.read_tokens(data.folder)
+    assert np.array_equal(np.array(D.prepare(cfg, work).train), good)
+    (data.folder / "val.bin").unlink()
+    with pytest.raises(D.DataError, match="val.bin is missing"):
+        D.read_tokens(data.folder)
+
+
+def test_hub_offline_fails_fast_with_advice(monkeypatch, work):
+    monkeypatch.setattr(D, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(D.DataError, match="cannot reach.*HF_HUB_OFFLINE=1"):
+        D.prepare(D.DataConfig(source="hf:roneneldan/TinyStories"), work)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"tokenizer": "wordpiece"}, "data.tokenizer"),
+    ({"source": "/nonexistent/*.txt"}, "data.source"),
+    ({"val_fraction": 1.5}, "data.val_fraction"),
+    ({"bpe_vocab_size": 100}, "data.bpe_vocab_size"),
+])
+def test_bad_data_config_names_field(kw, field):
+    with pytest.raises(D.DataError, match=field):
+        D.DataConfig(**kw)
+
+
+def test_batches_are_pure_functions_of_seed_and_step():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    a = D.train_batch(tokens, 4, 16, seed=3, step=7)
+    b = D.train_batch(tokens, 4, 16, seed=3, step=7)
+    c = D.train_batch(tokens, 4, 16, seed=3, step=8)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    assert torch.equal(a[0][:, 1:], a[1][:, :-1])  # y is x shifted by one
+    t = torch.from_numpy(tokens.astype(np.int32))
+    assert torch.equal(D.train_batch(t, 4, 16, 3, 7)[0], a[0])  # device path gathers the same windows
+    x1, _ = D.val_windows(tokens, 16, 8)
+    x2, _ = D.val_windows(tokens, 16, 8)
+    assert torch.equal(x1, x2) and x1.shape == (8, 16)

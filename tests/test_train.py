@@ -1,0 +1,167 @@
+"""The training run: config errors, determinism, resume, divergence, schedule, recorded metrics."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from models import ConfigError
+from workflows import train as T
+from workflows.data import DataConfig
+
+
+def run_dict(corpus, **train):
+    return {
+        "variant": "t", "seed": 0,
+        "data": {"source": str(corpus / "*.txt")},
+        "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "context_length": 16, "dropout": 0.1},
+        "train": {"steps": 30, "batch_size": 4, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10, "eval_windows": 8,
+                  "log_every": 5, "stats_every": 10, "checkpoint_every": 10, "timing_warmup_steps": 2, **train},
+    }
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"train": {"lrr": 1}}, "lrr"),
+    ({"train": {"no_decay": ["norms"]}}, "train.no_decay"),
+    ({"model": {"norm": "batchnorm"}}, "norm='batchnorm'"),
+    ({"optimizer": "sgd"}, "optimizer"),
+    ({"train": {"compile": "yes"}}, "train.compile"),
+])
+def test_bad_run_config_fails_before_data(corpus, monkeypatch, patch, field):
+    monkeypatch.setattr(T, "prepare", lambda *a, **k: pytest.fail("data loaded before validation"))
+    d = run_dict(corpus)
+    for k, v in patch.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) and k in d else v
+    with pytest.raises(ConfigError, match=field.replace("(", r"\(")):
+        T.RunConfig.from_dict(d)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    tc = T.TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert T.lr_at(0, tc) == pytest.approx(0.1) and T.lr_at(9, tc) == pytest.approx(1.0)
+    assert T.lr_at(10, tc) == pytest.approx(1.0) and T.lr_at(99, tc) == pytest.approx(0.1)
+    lrs = [T.lr_at(s, tc) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert T.lr_at(0, T.TrainConfig(steps=10, lr=2.0, warmup_steps=0)) == pytest.approx(2.0)
+
+
+def test_param_groups_split_decay_from_norms_biases_embeddings():
+    from models import ModelConfig, build
+
+    m = build(ModelConfig(d_model=16, n_layers=1, n_heads=2, bias=True, norm="layernorm", position="learned",
+                          tie_embeddings=False))
+    decay, no_decay = T.param_groups(m, T.TrainConfig())
+    names = {id(p): n for n, p in m.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert {"tok_emb.weight", "pos.weight", "final_norm.weight", "final_norm.bias"} <= nd
+    assert all(n.endswith("bias") or "norm" in n or n in ("tok_emb.weight", "pos.weight") for n in nd)
+    d = {names[id(p)] for p in decay["params"]}
+    assert "head.weight" in d and all(n.endswith("weight") and "norm" not in n for n in d)
+    assert len(d) + len(nd) == len(list(m.parameters()))
+    decay, no_decay = T.param_groups(m, T.TrainConfig(no_decay=[]))
+    assert not no_decay["params"]
+
+
+def read(out):
+    return json.loads((out / "metrics.json").read_text()), pd.read_parquet(out / "history.parquet")
+
+
+def test_run_records_everything_and_is_deterministic(corpus, work, tmp_path):
+    cfg = T.RunConfig.from_dict(run_dict(corpus))
+    m1 = T.train(cfg, tmp_path / "a", work, threads=1)
+    T.train(cfg, tmp_path / "b", work, threads=1)
+    (m1, h1), (m2, h2) = read(tmp_path / "a"), read(tmp_path / "b")
+    pd.testing.assert_frame_equal(h1, h2)  # same (config, seed) on CPU: bit-identical history
+    assert m1["final_val_loss"] == m2["final_val_loss"] < m1["init_loss"] == pytest.approx(math.log(256))
+    for key in ("final_val_bpb", "best_val_loss", "tokens_per_s", "mfu", "peak_mem_mb", "params",
+                "nonembed_params", "flops_per_token", "wall_time_s", "peak_flops"):
+        assert m1[key] is not None and m1[key] > 0, key
+    assert m1["status"] == "ok" and not m1["diverged"] and m1["steps_done"] == 30
+    assert m1["config"]["train"]["lr"] == 3e-3 and m1["provenance"]["threads"] == 1
+    assert {"git_commit", "torch", "device", "text_sha256", "tokenizer_sha256", "started", "ended"} <= set(m1["provenance"])
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    kinds = set(zip(h1.kind, h1.metric))
+    for km in [("train", "loss"), ("train", "lr"), ("train", "grad_norm"), ("val", "loss"), ("val", "bpb"),
+               ("layer", "resid_rms"), ("layer", "resid_std"), ("layer", "resid_mean"), ("layer", "resid_maxabs"),
+               ("layer", "grad_norm"), ("layer", "update_ratio"), ("layer", "attn_logit_max"), ("logits", "logz_mean")]:
+        assert km in kinds, km
+    stats_steps = sorted(h1[h1.metric == "update_ratio"].step.unique())
+    assert stats_steps == [0, 10, 20]
+    assert sorted(h1[(h1.metric == "grad_norm") & (h1.kind == "layer")].layer.unique()) == [0, 1]
+    assert (h1[h1.kind == "train"].groupby("metric").size() == 30).all()
+    # bpb = nats / ln 2 / bytes-per-token (bytes tokenizer: 1 byte per token)
+    assert m1["final_val_bpb"] == pytest.approx(m1["final_val_loss"] / math.log(2))
+
+
+def test_killed_run_resumes_bit_identical(corpus, work, tmp_path, monkeypatch):
+    cfg = T.RunConfig.from_dict(run_dict(corpus))
+    T.train(cfg, tmp_path / "full", work, threads=1)
+    real_step = T.Run.train_step
+
+    def dying(self, step, stats):
+        if step == 25:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, step, stats)
+
+    monkeypatch.setattr(T.Run, "train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, tmp_path / "resumed", work, threads=1)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(T.Run, "train_step", real_step)
+    T.train(cfg, tmp_path / "resumed", work, threads=1)
+    (m1, h1), (m2, h2) = read(tmp_path / "full"), read(tmp_path / "resumed")
+    pd.testing.assert_frame_equal(h1, h2)
+    assert m1["final_val_loss"] == m2["final_val_loss"] and m2["resumed_segments"] == 2
+
+
+def test_checkpoint_of_another_config_is_ignored(corpus, work, tmp_path, monkeypatch):
+    cfg = T.RunConfig.from_dict(run_dict(corpus))
+    real_step = T.Run.train_step
+    monkeypatch.setattr(T.Run, "train_step",
+                        lambda self, s, st: (_ for _ in ()).throw(KeyboardInterrupt()) if s == 15 else real_step(self, s, st))
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, tmp_path / "x", work, threads=1)
+    monkeypatch.setattr(T.Run, "train_step", real_step)
+    other = T.RunConfig.from_dict(run_dict(corpus, lr=1e-3))
+    m = T.train(other, tmp_path / "x", work, threads=1)
+    assert m["resumed_segments"] == 1 and m["config"]["train"]["lr"] == 1e-3
+
+
+def test_nan_loss_is_recorded_as_divergence_not_raised(corpus, work, tmp_path, monkeypatch):
+    cfg = T.RunConfig.from_dict(run_dict(corpus))
+    real_step = T.Run.train_step
+
+    def poisoned(self, step, stats):
+        loss, g, lr = real_step(self, step, stats)
+        return (torch.tensor(float("nan")) if step >= 12 else loss), g, lr
+
+    monkeypatch.setattr(T.Run, "train_step", poisoned)
+    m = T.train(cfg, tmp_path / "nan", work, threads=1)
+    assert m["diverged"] and m["status"] == "diverged" and "non-finite" in m["diverged_reason"]
+    assert m["diverged_step"] == 14 and m["final_val_loss"] is None  # detected at the log check after step 12
+    assert (tmp_path / "nan" / "history.parquet").exists()
+
+
+def test_huge_lr_diverges_early(corpus, work, tmp_path):
+    cfg = T.RunConfig.from_dict(run_dict(corpus, lr=30.0, grad_clip=None, warmup_steps=0, steps=60,
+                                         divergence_patience=3))
+    m = T.train(cfg, tmp_path / "hot", work, threads=1)
+    assert m["diverged"] and m["steps_done"] < 60
+    assert "stayed above" in m["diverged_reason"] or "non-finite" in m["diverged_reason"]
+
+
+def test_z_loss_pulls_log_partition_toward_zero(corpus, work, tmp_path):
+    base = dict(steps=40, stats_every=39, lr=1e-2)
+    m0 = T.train(T.RunConfig.from_dict(run_dict(corpus, **base)), tmp_path / "z0", work, threads=1)
+    m1 = T.train(T.RunConfig.from_dict(run_dict(corpus, z_loss=1.0, **base)), tmp_path / "z1", work, threads=1)
+    z = [read(tmp_path / n)[1].query("metric == 'logz_mean' and step == 39").value.item() for n in ("z0", "z1")]
+    assert abs(z[1]) < abs(z[0])
+
+
+def test_cli_reports_bad_config_with_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {norm_position: middle}\n")
+    assert T.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "norm_position='middle'" in err and "pre" in err and not (tmp_path / "o").exists()
