@@ -21,6 +21,7 @@ function of (seed, step), and RNG, optimizer and bookkeeping state are checkpoin
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -266,7 +267,6 @@ class Run:
 
     def fingerprint(self) -> str:
         import hashlib
-        import json
 
         return hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode()).hexdigest()
 
@@ -494,6 +494,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, work: str | os.PathLike = "wor
     if threads:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    with atomic_path(out / "config.yaml") as tmp:  # the resolved config, beside its results
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     persist = peak_file is None  # an explicit cache file is read-only (the pipeline's peak_flops rule owns it)
     if peak_file is None:
         peak_file = work / "device" / "peak_flops.json"
@@ -508,16 +512,18 @@ def train(cfg: RunConfig, out: str | os.PathLike, work: str | os.PathLike = "wor
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="run config YAML (variant, seed, model, data, train)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="run config YAML (variant, seed, model, data, train)")
+    src.add_argument("--json", help="the run config as a JSON string (what the pipeline passes)")
     p.add_argument("--out", required=True, help="output folder (metrics.json, history.parquet)")
     p.add_argument("--work", default="work", help="work folder for token files and caches (default: work)")
     p.add_argument("--threads", type=int, help="torch threads (train.threads overrides)")
     p.add_argument("--peak-flops", help="read-only JSON cache of measured peak FLOP/s (default: WORK/device/peak_flops.json, updated)")
     args = p.parse_args(argv)
     try:
-        cfg = RunConfig.from_yaml(args.config)
-    except (ConfigError, DataError, OSError) as e:
-        print(f"error: {args.config}: {e}", file=sys.stderr)
+        cfg = RunConfig.from_dict(json.loads(args.json)) if args.json else RunConfig.from_yaml(args.config)
+    except (ConfigError, DataError, OSError, ValueError) as e:
+        print(f"error: {args.config or '--json'}: {e}", file=sys.stderr)
         return 2
     try:
         m = train(cfg, args.out, args.work, args.threads, args.peak_flops)

@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.json")
 
-from workflows.grid import Grid, lr_label, write_grid_json  # noqa: E402
+from workflows.grid import Grid, lr_label  # noqa: E402
 from workflows.data import DataConfig  # noqa: E402
 
 try:

@@ -1,5 +1,5 @@
 # Data: fetch the corpus once (network), tokenize with `datasets`, cache flat uint16 token files.
-localrules: grid, run_config, tokens
+localrules: grid, tokens
 
 
 rule grid:
@@ -7,9 +7,9 @@ rule grid:
     output:
         f"{RESULTS}/grid.json",
     params:
-        summary=GRID.summary(),
-    run:
-        write_grid_json(GRID, output[0])
+        summary=shlex.quote(json.dumps(GRID.summary())),
+    shell:
+        "{PY} -c 'import sys; from workflows.io import write_text; write_text(sys.argv[1], sys.argv[2])' {output} {params.summary}"
 
 
 rule tokens:

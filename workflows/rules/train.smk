@@ -1,22 +1,8 @@
 # Train: one job per (variant, seed, LR). A diverged run is a successful job with a result.
 
 
-rule run_config:
-    """The run's full config; rewritten (and the run redone) only when its own values change."""
-    output:
-        f"{RUN_DIR}/config.yaml",
-    params:
-        run=lambda w: GRID.run_dict(w.variant, int(w.seed), GRID.lr_of(w.variant, w.lr)),
-    run:
-        import yaml
-        from workflows.io import write_text
-
-        write_text(output[0], yaml.safe_dump(params.run, sort_keys=False))
-
-
 rule train:
     input:
-        cfg=f"{RUN_DIR}/config.yaml",
         data=DATA_META,
         peak=PEAK_FLOPS,
     output:
@@ -26,6 +12,9 @@ rule train:
         LOGS + "/train/{variant}/seed{seed}/lr{lr}.log",
     benchmark:
         LOGS + "/benchmarks/train/{variant}/seed{seed}/lr{lr}.tsv"
+    params:
+        # the run's full config: a change to it (and only to it) re-runs this job (params trigger)
+        run=lambda w: shlex.quote(json.dumps(GRID.run_dict(w.variant, int(w.seed), GRID.lr_of(w.variant, w.lr)))),
     threads: config["threads"]
     resources:
         mem_mb=config["mem_mb"],
@@ -33,5 +22,5 @@ rule train:
         gpu=1 if config.get("gpu_mem_mb") else 0,
         gpu_mem_mb=config.get("gpu_mem_mb", 0),
     shell:
-        "{PY} -m workflows.train --config {input.cfg} --out {RESULTS}/runs/{wildcards.variant}/seed{wildcards.seed}/lr{wildcards.lr}"
+        "{PY} -m workflows.train --json {params.run} --out {RESULTS}/runs/{wildcards.variant}/seed{wildcards.seed}/lr{wildcards.lr}"
         " --work {WORK} --threads {threads} --peak-flops {input.peak} > {log} 2>&1"
