@@ -1,0 +1,134 @@
+"""Training-step benchmark: tokens/s, MFU, the share of step time spent outside
+forward + backward + optimizer, and the slowdown from per-layer statistics.
+
+    python -m workflows.bench                       # CPU sizes
+    python -m workflows.bench --sizes gpt2-small    # on a GPU: d 768, 12 layers, T 1024, bf16, compile
+    python -m workflows.bench --json out.json
+
+Every number is a ratio or rate taken side by side in one process: nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import device as dev
+from .train import RunConfig, Run
+
+SIZES = {
+    "tiny": dict(d_model=64, n_layers=2, n_heads=2, context_length=128),
+    "small": dict(d_model=128, n_layers=4, n_heads=4, context_length=128),
+    "medium": dict(d_model=384, n_layers=6, n_heads=6, context_length=128),
+    "gpt2-small": dict(d_model=768, n_layers=12, n_heads=12, context_length=1024),
+}
+GPT2_AXES = dict(norm="layernorm", bias=True, ffn="gelu_tanh", position="learned", tie_embeddings=True)
+
+
+def make_run(size: str, batch_size: int, work: str, stats_every: int, compile_: str, steps: int) -> Run:
+    cfg = RunConfig.from_dict({
+        "variant": f"bench-{size}", "seed": 0, "model": {**SIZES[size], **GPT2_AXES},
+        "train": {"steps": steps, "batch_size": batch_size, "stats_every": stats_every, "checkpoint_every": 0,
+                  "eval_every": 10**9, "log_every": 10, "compile": compile_}})
+    from pathlib import Path
+
+    return Run(cfg, Path("/dev/null"), Path(work), Path(work) / "device" / "peak_flops.json")
+
+
+def time_steps(run: Run, steps: int, warmup: int) -> list[float]:
+    times = []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        run.train_step(step, stats=run.tc.stats_every > 0 and step % run.tc.stats_every == 0)
+        dev.synchronize(run.device)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def phase_times(run: Run, steps: int) -> dict[str, float]:
+    """Median seconds of forward, backward and optimizer (clip + AdamW), each synchronised."""
+    from .data import train_batch
+
+    out = {"forward": [], "backward": [], "optimizer": []}
+    T = run.cfg.model.context_length
+    for step in range(steps):
+        x, y = train_batch(run.train_tokens, run.tc.batch_size, T, 0, step)
+        x, y = x.to(run.device), y.to(run.device)
+        dev.synchronize(run.device)
+        t0 = time.perf_counter()
+        with run.autocast():
+            loss = F.cross_entropy(run.fwd(x).float().flatten(0, 1), y.flatten())
+        dev.synchronize(run.device)
+        t1 = time.perf_counter()
+        loss.backward()
+        dev.synchronize(run.device)
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+        run.opt.step()
+        run.opt.zero_grad(set_to_none=True)
+        dev.synchronize(run.device)
+        t3 = time.perf_counter()
+        for k, v in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
+            out[k].append(v)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def bench(size: str, batch_size: int, steps: int, work: str, compile_: str) -> dict:
+    run = make_run(size, batch_size, work, 0, compile_, 10**6)
+    warm = 5 if compile_ == "off" else 10
+    plain = time_steps(run, steps, warm)
+    phases = phase_times(run, max(5, steps // 2))
+    stats_run = make_run(size, batch_size, work, 50, compile_, 10**6)
+    with_stats = time_steps(stats_run, 100 if run.device.type == "cpu" else 200, warm)
+    tokens = batch_size * run.cfg.model.context_length
+    step = statistics.median(plain)
+    from models import flops_per_token
+
+    fpt = flops_per_token(run.cfg.model)
+    inner = sum(phases.values())
+    return {
+        "size": size, "device": dev.device_name(run.device), "dtype": str(run.dtype).removeprefix("torch."),
+        "compiled": run.compiled, "threads": torch.get_num_threads(), "batch_size": batch_size,
+        "seq_len": run.cfg.model.context_length, "params": sum(p.numel() for p in run.model.parameters()),
+        "step_ms": 1000 * step, "tokens_per_s": tokens / step, "flops_per_token": fpt,
+        "peak_flops": run.peak["flops"], "mfu": tokens / step * fpt / run.peak["flops"],
+        **{f"{k}_ms": 1000 * v for k, v in phases.items()},
+        "outside_fwd_bwd_opt_share": max(0.0, 1 - inner / step),
+        "stats_every_50_slowdown": sum(with_stats) / len(with_stats) / (sum(plain) / len(plain)) - 1,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["tiny", "small", "medium"], choices=list(SIZES))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--work", default="work")
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [bench(s, args.batch_size, args.steps, args.work, args.compile) for s in args.sizes]
+    cols = ["size", "params", "step_ms", "tokens_per_s", "mfu", "forward_ms", "backward_ms", "optimizer_ms",
+            "outside_fwd_bwd_opt_share", "stats_every_50_slowdown"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    print(f"device: {rows[0]['device']}, {rows[0]['dtype']}, threads {rows[0]['threads']}, compiled "
+          f"{rows[0]['compiled']}; MFU = tokens/s x (6N + 12LHQT) / measured peak matmul FLOP/s "
+          f"({rows[0]['peak_flops'] / 1e9:.0f} GFLOP/s)")
+    if args.json:
+        from .io import write_json
+
+        write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
