@@ -113,6 +113,10 @@ class ModelConfig:
 
     def __post_init__(self):
         check_types(self)
+        for f in fields(self):  # store ints given for float fields as floats: equal configs
+            value = getattr(self, f.name)  # (30 == 30.0) must have equal fingerprints/short names
+            if f.type.startswith("float") and isinstance(value, int):
+                object.__setattr__(self, f.name, float(value))
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
