@@ -1,0 +1,392 @@
+"""Probes: measurements for the claims scorecard that are not training runs.
+
+    python -m workflows.probes --probe grad_init --config-json '{...}' (--registry config/claims.yaml |
+        --arms-json '{arm: overrides}') --out results/probes/grad_init.parquet [--work work] [--threads 1]
+
+Each probe builds fresh (untrained) models and writes one long table (``PROBE_COLUMNS``): one row per
+(arm, seed, depth, layer, metric). ``layer`` is the block index for per-layer rows and -1 for
+whole-model rows (derived statistics such as a last/first ratio, and the embedding row). The arms of
+a probe — which ``ModelConfig`` overrides it compares — are part of the claim and live in the
+registry (``probes:`` section of config/claims.yaml); its sizes (seeds, batches, depths, model width)
+come from the pipeline config's ``claims.probes`` section (``ProbeSettings`` below, CPU-cheap
+defaults).
+
+A probe model is: the grid's architecture axes (``model:`` of the pipeline config, without its shape
+fields) ← the probe's shape (``ProbeSettings.model``) ← the arm's overrides ← ``n_layers = depth``;
+the vocabulary is the tokenizer's.
+
+Probes
+- ``grad_init`` (C1, C16): per-layer gradient norms at initialisation on real training batches. For
+  every batch the loss is back-propagated and the Frobenius norm of each layer's gradient is taken
+  (the FFN output projection ``W2`` of Xiong et al. 2020 Thm 1 — ``ffn_down`` — and the whole block —
+  ``block``); the per-layer value is the mean over ``batches`` batches (the expected gradient norm).
+  The norm of the batch-averaged gradient is recorded too (``*_of_mean``). Derived per model:
+  ``ratio_<group>`` = last / first layer, ``last_<group>`` = last layer.
+- ``resid_init`` (C17): residual-stream RMS per layer at initialisation (``model(x, stats=True)``),
+  mean over batches; derived ``last_embed_ratio`` = RMS after the last block / RMS of the embedding.
+- ``kv_cache`` (C10): KV-cache bytes per token (bf16) from ``models.kv_cache_bytes_per_token`` and as
+  measured from the K and V tensors a forward pass produces; derived ``ratio_vs_expected`` =
+  (bytes of the MHA arm / bytes of this arm) ÷ (n_heads / n_kv_heads): exactly 1 when the cache
+  shrinks in the ratio n_heads : n_kv_heads.
+- ``softcap`` (C15): the largest soft-capped attention logit and final logit, divided by their cap,
+  on a model whose query/key and output weights are scaled by ``softcap_scale`` so that the raw
+  (uncapped) logits exceed the caps; also the cap function itself on inputs up to ±1e30 in fp32 and
+  bf16. A capped metric is NaN when the raw logits never exceeded the cap (the probe proved nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.config import ConfigError, check_types, from_mapping
+
+PROBE_COLUMNS = ("probe", "arm", "seed", "depth", "layer", "metric", "value", "params", "tokens")
+SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                "d_ff")
+DEFAULT_MODEL = {"d_model": 64, "n_heads": 4, "n_kv_heads": None, "context_length": 64}
+
+
+@dataclass
+class ProbeSettings:
+    """Sizes of the probes: the pipeline config's ``claims.probes`` section (defaults: CPU-cheap)."""
+
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    batch_size: int = 8
+    model: dict = field(default_factory=dict)  # shape fields over DEFAULT_MODEL
+    grad_depths: list = field(default_factory=lambda: [3, 6, 12])
+    grad_batches: int = 16
+    resid_depths: list = field(default_factory=lambda: [1, 2, 4, 8, 12, 16, 24])
+    resid_batches: int = 2
+    kv_depth: int = 4
+    softcap_depth: int = 2
+    softcap_scale: float = 300.0
+
+    def __post_init__(self):
+        check_types(self, ConfigError)
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ConfigError(f"claims.probes.seeds={self.seeds} must be a non-empty list of integers >= 0")
+        for name in ("grad_depths", "resid_depths"):
+            v = getattr(self, name)
+            if not v or any(not isinstance(d, int) or d < 1 for d in v):
+                raise ConfigError(f"claims.probes.{name}={v} must be a non-empty list of positive integers")
+        for name in ("batch_size", "grad_batches", "resid_batches", "kv_depth", "softcap_depth"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"claims.probes.{name}={getattr(self, name)} must be a positive integer")
+        if not self.softcap_scale > 0:
+            raise ConfigError(f"claims.probes.softcap_scale={self.softcap_scale} must be > 0")
+        allowed = set(SHAPE_FIELDS) - {"n_layers", "vocab_size"}
+        bad = sorted(set(self.model) - allowed)
+        if bad:
+            raise ConfigError(f"claims.probes.model has {bad}; only shape fields are allowed: {sorted(allowed)}")
+
+    @classmethod
+    def from_dict(cls, d) -> "ProbeSettings":
+        return from_mapping(cls, d, ConfigError, "claims.probes config")
+
+
+def probe_model_config(grid_model: dict, settings: ProbeSettings, arm: dict, depth: int, vocab_size: int):
+    """grid architecture axes ← probe shape ← arm overrides ← depth (see module docstring)."""
+    from models import ModelConfig
+
+    base = {k: v for k, v in (grid_model or {}).items() if k not in SHAPE_FIELDS}
+    cfg = {**base, **DEFAULT_MODEL, **settings.model, **(arm or {}), "n_layers": depth, "vocab_size": vocab_size}
+    return ModelConfig.from_dict(cfg)
+
+
+class Probe:
+    """What every probe needs: settings, arms, training tokens, and the rows it writes."""
+
+    def __init__(self, name: str, arms: dict, settings: ProbeSettings, grid_model: dict, data: dict | None,
+                 work: Path):
+        self.name, self.arms, self.settings, self.grid_model = name, arms, settings, grid_model
+        self.rows: list[tuple] = []
+        self.tokens = None
+        self.vocab_size = 256
+        if data is not None:
+            from .data import DataConfig, prepare
+
+            dc = DataConfig.from_dict(data)
+            self.vocab_size = dc.vocab_size
+            self._data = (dc, work)
+
+    def train_tokens(self):
+        if self.tokens is None:
+            from .data import prepare
+
+            self.tokens = np.asarray(prepare(*self._data).train)
+        return self.tokens
+
+    def model(self, arm: str, depth: int, seed: int):
+        import torch
+
+        from models import build
+
+        cfg = probe_model_config(self.grid_model, self.settings, self.arms[arm], depth, self.vocab_size)
+        torch.manual_seed(seed)
+        return cfg, build(cfg)
+
+    def batch(self, cfg, seed: int, i: int):
+        from .data import train_batch
+
+        # batches a pure function of (probe seed, index), distinct from the training runs' streams
+        return train_batch(self.train_tokens(), self.settings.batch_size, cfg.context_length, 7919 + seed, i)
+
+    def add(self, arm, seed, depth, layer, metric, value, params, tokens):
+        self.rows.append((self.name, arm, int(seed), int(depth), int(layer), metric, float(value), int(params),
+                          int(tokens)))
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(PROBE_COLUMNS))
+
+
+# ------------------------------------------------------------------------------------------------
+def _ffn_down(name: str) -> bool:
+    return name.endswith(".down.weight")
+
+
+def grad_init(p: Probe) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from models import count_params
+
+    s = p.settings
+    for arm in p.arms:
+        for depth in s.grad_depths:
+            for seed in s.seeds:
+                cfg, model = p.model(arm, depth, seed)
+                model.train()
+                params = count_params(model)["total"]
+                named = [(n, q, model.layer_of(n)) for n, q in model.named_parameters()]
+                groups = {"ffn_down": lambda n: _ffn_down(n), "block": lambda n: True}
+                per_batch = {g: np.zeros((s.grad_batches, depth)) for g in groups}
+                total = {n: torch.zeros_like(q) for n, q, layer in named if layer is not None}
+                for b in range(s.grad_batches):
+                    x, y = p.batch(cfg, seed, b)
+                    model.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+                    loss.backward()
+                    for g, pick in groups.items():
+                        sq = np.zeros(depth)
+                        for n, q, layer in named:
+                            if layer is not None and pick(n) and q.grad is not None:
+                                sq[layer] += q.grad.double().pow(2).sum().item()
+                        per_batch[g][b] = np.sqrt(sq)
+                    for n, q, layer in named:
+                        if layer is not None and q.grad is not None:
+                            total[n] += q.grad / s.grad_batches
+                tokens = s.grad_batches * s.batch_size * cfg.context_length
+                for g, pick in groups.items():
+                    mean = per_batch[g].mean(axis=0)
+                    sq_mean = np.zeros(depth)
+                    for n, q, layer in named:
+                        if layer is not None and pick(n):
+                            sq_mean[layer] += total[n].double().pow(2).sum().item()
+                    for layer in range(depth):
+                        p.add(arm, seed, depth, layer, f"grad_{g}", mean[layer], params, tokens)
+                        p.add(arm, seed, depth, layer, f"grad_{g}_of_mean", math.sqrt(sq_mean[layer]), params, tokens)
+                    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 when gradients underflow
+                        ratio = np.float64(mean[-1]) / np.float64(mean[0])
+                    p.add(arm, seed, depth, -1, f"ratio_{g}", ratio, params, tokens)
+                    p.add(arm, seed, depth, -1, f"last_{g}", mean[-1], params, tokens)
+
+
+def resid_init(p: Probe) -> None:
+    import torch
+
+    from models import count_params
+
+    s = p.settings
+    for arm in p.arms:
+        for depth in s.resid_depths:
+            for seed in s.seeds:
+                cfg, model = p.model(arm, depth, seed)
+                model.eval()
+                params = count_params(model)["total"]
+                rms = np.zeros(depth + 1)  # index 0: embedding, i + 1: after block i (its last sublayer)
+                with torch.no_grad():
+                    for b in range(s.resid_batches):
+                        x, _ = p.batch(cfg, seed, b)
+                        _, st = model(x, stats=True)
+                        last = {}
+                        for r in st["residual"]:
+                            last[r["layer"]] = r["rms"]  # rows are in order: the last site of a layer wins
+                        rms += np.array([last[i] for i in range(-1, depth)]) / s.resid_batches
+                tokens = s.resid_batches * s.batch_size * cfg.context_length
+                p.add(arm, seed, depth, -1, "resid_rms_embed", rms[0], params, tokens)
+                for layer in range(depth):
+                    p.add(arm, seed, depth, layer, "resid_rms", rms[layer + 1], params, tokens)
+                p.add(arm, seed, depth, -1, "last_embed_ratio", rms[-1] / rms[0], params, tokens)
+
+
+def kv_cache(p: Probe) -> None:
+    import torch
+
+    from models import count_params, kv_cache_bytes_per_token
+    from models.attention import Attention
+
+    s = p.settings
+    depth = s.kv_depth
+    measured, cfgs = {}, {}
+    for arm in p.arms:
+        for seed in s.seeds:
+            cfg, model = p.model(arm, depth, seed)
+            cfgs[arm] = cfg
+            seen = []
+
+            def hook(mod, inp, out, attn):
+                _, k, v = out.split(attn.split_sizes, dim=-1)
+                seen.append((k.shape[-1] + v.shape[-1]) * 2)  # elements per token per layer, bf16 bytes
+
+            hooks = [m.qkv.register_forward_hook(lambda mod, i, o, a=m: hook(mod, i, o, a))
+                     for m in model.modules() if isinstance(m, Attention) and hasattr(m, "qkv")]
+            with torch.no_grad():
+                x, _ = p.batch(cfg, seed, 0)
+                model(x)
+            for h in hooks:
+                h.remove()
+            if len(seen) != cfg.n_layers:
+                raise RuntimeError(f"kv_cache probe: arm {arm!r} has {len(seen)} hooked attention layers of "
+                                   f"{cfg.n_layers} (a parallel block fuses K/V into another projection)")
+            measured[(arm, seed)] = (sum(seen), count_params(model)["total"],
+                                     s.batch_size * cfg.context_length)
+    ref = [a for a, c in cfgs.items() if c.kv_heads == c.n_heads]
+    for (arm, seed), (nbytes, params, tokens) in measured.items():
+        cfg = cfgs[arm]
+        p.add(arm, seed, depth, -1, "bytes_measured", nbytes, params, tokens)
+        p.add(arm, seed, depth, -1, "bytes_formula", kv_cache_bytes_per_token(cfg), params, tokens)
+        p.add(arm, seed, depth, -1, "n_heads", cfg.n_heads, params, tokens)
+        p.add(arm, seed, depth, -1, "n_kv_heads", cfg.kv_heads, params, tokens)
+        if ref and cfgs[ref[0]].n_heads == cfg.n_heads:
+            mha_bytes = measured[(ref[0], seed)][0]
+            ratio = mha_bytes / nbytes
+            p.add(arm, seed, depth, -1, "mha_ratio", ratio, params, tokens)
+            p.add(arm, seed, depth, -1, "ratio_vs_expected", ratio / (cfg.n_heads / cfg.kv_heads), params, tokens)
+
+
+def softcap(p: Probe) -> None:
+    import torch
+
+    from models import count_params
+    from models.attention import Attention
+    from models.attention import softcap as cap_fn
+
+    s = p.settings
+    depth = s.softcap_depth
+    for arm in p.arms:
+        for seed in s.seeds:
+            cfg, model = p.model(arm, depth, seed)
+            if cfg.attn_softcap is None or cfg.final_softcap is None:
+                raise ConfigError(f"softcap probe: arm {arm!r} must set attn_softcap and final_softcap")
+            model.eval()
+            params = count_params(model)["total"]
+            with torch.no_grad():
+                for name, q in model.named_parameters():
+                    if name.endswith(("qkv.weight", "proj.weight")) or name in ("head.weight", "tok_emb.weight"):
+                        q.mul_(s.softcap_scale)
+            capped_attn = []
+
+            def wrap(attn):
+                orig = attn.explicit
+
+                def explicit(q, k, v, drop):
+                    sc = cap_fn((q @ attn._repeat_kv(k).transpose(-2, -1)) * attn.scale, attn.cap)
+                    T = q.shape[-2]
+                    mask = torch.ones(T, T, dtype=torch.bool).tril()
+                    capped_attn.append(sc.masked_fill(~mask, 0.0).abs().amax().item())
+                    return orig(q, k, v, drop)
+
+                attn.explicit = explicit
+
+            for m in model.modules():
+                if isinstance(m, Attention):
+                    wrap(m)
+            raw_final = []
+            h = model.head.register_forward_hook(lambda mod, i, o: raw_final.append(o.abs().amax().item()))
+            with torch.no_grad():
+                x, _ = p.batch(cfg, seed, 0)
+                logits, st = model(x, stats=True)
+            h.remove()
+            tokens = s.batch_size * cfg.context_length
+            raw_attn = max(abs(v) for v in st["attn_logit_max"])
+            cap_a, cap_f = cfg.attn_softcap, cfg.final_softcap
+            p.add(arm, seed, depth, -1, "attn_raw_over_cap", raw_attn / cap_a, params, tokens)
+            p.add(arm, seed, depth, -1, "final_raw_over_cap", raw_final[0] / cap_f, params, tokens)
+            p.add(arm, seed, depth, -1, "attn_capped_over_cap",
+                  max(capped_attn) / cap_a if raw_attn > cap_a else math.nan, params, tokens)
+            p.add(arm, seed, depth, -1, "final_capped_over_cap",
+                  logits.abs().amax().item() / cap_f if raw_final[0] > cap_f else math.nan, params, tokens)
+            xs = torch.cat([torch.logspace(-3, 30, 400), -torch.logspace(-3, 30, 400),
+                            torch.tensor([0.0, float("inf"), -float("inf")])])
+            worst = max(cap_fn(xs.to(dt), c).abs().float().max().item() / c
+                        for dt in (torch.float32, torch.bfloat16) for c in (cap_a, cap_f))
+            p.add(arm, seed, depth, -1, "fn_max_over_cap", worst, params, 0)
+
+
+PROBES = {"grad_init": grad_init, "resid_init": resid_init, "kv_cache": kv_cache, "softcap": softcap}
+
+
+def run_probe(name: str, arms: dict, settings: ProbeSettings | dict, grid_model: dict, data: dict | None,
+              work: str | Path = "work"):
+    """Run probe ``name`` over ``arms`` ({arm: ModelConfig overrides}); returns its long table."""
+    if name not in PROBES:
+        raise ConfigError(f"unknown probe {name!r}; known probes: {sorted(PROBES)}")
+    if not arms:
+        raise ConfigError(f"probe {name!r} has no arms")
+    if isinstance(settings, dict):
+        settings = ProbeSettings.from_dict(settings)
+    p = Probe(name, arms, settings, grid_model, data, Path(work))
+    PROBES[name](p)
+    return p.frame()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--probe", required=True, choices=sorted(PROBES))
+    ap.add_argument("--config-json", required=True,
+                    help='JSON {"model": grid model, "data": data config, "probes": claims.probes settings}')
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--registry", help="claims registry (its probes: section holds the arms)")
+    src.add_argument("--arms-json", help="the probe's arms as JSON {arm: ModelConfig overrides}")
+    ap.add_argument("--out", required=True, help="output .parquet")
+    ap.add_argument("--work", default="work")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    import torch
+    import yaml
+
+    from .io import write_parquet
+
+    torch.set_num_threads(args.threads)
+    cfg = json.loads(args.config_json)
+    if args.arms_json:
+        spec = {"arms": json.loads(args.arms_json)}
+    else:
+        with open(args.registry) as f:
+            spec = ((yaml.safe_load(f) or {}).get("probes") or {}).get(args.probe)
+        if not spec:
+            print(f"error: {args.registry} defines no probe {args.probe!r}", file=sys.stderr)
+            return 2
+    t0 = time.time()
+    try:
+        df = run_probe(args.probe, spec.get("arms") or {}, cfg.get("probes") or {}, cfg.get("model") or {},
+                       cfg.get("data") or {}, args.work)
+    except ConfigError as e:
+        print(f"error: probe {args.probe}: {e}", file=sys.stderr)
+        return 2
+    write_parquet(args.out, df)
+    print(f"probe {args.probe}: {len(df)} rows, {df.arm.nunique()} arms, {time.time() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
