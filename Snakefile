@@ -12,7 +12,7 @@ min_version("8.0")
 # --configfile replaces the default grid instead of being merged into it
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 

@@ -34,6 +34,11 @@ wildcard_constraints:
     lr=r"[0-9][0-9.e+-]*",
 
 
+def repo_path(path):
+    """A config path as given if it exists from the working directory, else relative to the repo."""
+    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO, path)
+
+
 def run_dirs():
     return [RUN_DIR.format(variant=v, seed=s, lr=lr) for v, s, lr in GRID.runs()]
 
