@@ -1,1 +1,28 @@
-FIGURE_FILES = []
+# Figures: the aggregated tables → seaborn figures (PNG + PDF) in FIGURES; every PNG goes into
+# `snakemake --report` with its caption (workflows/report/<name>.rst). One job draws them all.
+from workflows.stats import BOOTSTRAP_SEED  # noqa: E402
+
+# the names of workflows.figures.FIGURES (kept here so parsing the workflow does not import matplotlib)
+FIGURE_NAMES = ["loss_by_variant", "loss_vs_lr", "divergence_heatmap", "throughput", "loss_curves",
+                "activations", "grad_norms", "attn_logits"]
+FIGURE_FILES = [f"{FIGURES}/{name}.{fmt}" for name in FIGURE_NAMES for fmt in ("png", "pdf")]
+
+
+rule figures:
+    input:
+        grid=f"{RESULTS}/grid.json",
+        runs=f"{RESULTS}/runs.parquet",
+        summary=f"{RESULTS}/summary.csv",
+        history=f"{RESULTS}/history.parquet",
+    output:
+        [report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures",
+                labels={"figure": name, "format": "PNG"}) for name in FIGURE_NAMES],
+        [f"{FIGURES}/{name}.pdf" for name in FIGURE_NAMES],
+    log:
+        f"{LOGS}/figures.log",
+    params:
+        names=" ".join(FIGURE_NAMES),
+        seed=BOOTSTRAP_SEED,  # shown in the captions
+    shell:
+        "{PY} -m workflows.figures --results {RESULTS} --grid {input.grid} --out {FIGURES} --only {params.names}"
+        " > {log} 2>&1"
