@@ -16,6 +16,9 @@ if not workflow.overwrite_configfiles:
 
 
 
+report: "workflows/report/workflow.rst"
+
+
 include: "workflows/rules/common.smk"
 include: "workflows/rules/data.smk"
 include: "workflows/rules/train.smk"
