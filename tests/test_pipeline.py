@@ -58,17 +58,23 @@ def test_micro_pipeline_kill_resume_and_outputs(tmp_path, work, grid):
     done = []
     while time.time() < deadline and proc.poll() is None:
         done = sorted(wd.glob("results/runs/*/seed*/lr*/metrics.json"))
-        if len(done) >= 2:
+        if len(done) >= 3:
             break
         time.sleep(0.5)
     assert proc.poll() is None, "pipeline finished before it could be killed: " + proc.stdout.read()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in wd.glob("results/runs/*/seed*/lr*/metrics.json")}
-    assert 2 <= len(finished) < n_runs
-    for run in wd.glob("results/runs/*/seed*/lr*"):  # no partial file is ever left looking done
-        if not (run / "metrics.json").exists():
-            assert not list(run.glob("*.tmp")) or True
+    # finished = written *and* recorded as complete by snakemake (a job killed between writing its last
+    # output and snakemake's bookkeeping is flagged incomplete and, rightly, redone)
+    import base64
+
+    flagged = {base64.b64decode(f.name).decode() for f in (wd / ".snakemake" / "incomplete").glob("*")}
+    finished = {p: p.stat().st_mtime_ns for p in wd.glob("results/runs/*/seed*/lr*/metrics.json")
+                if str(p.relative_to(wd)) not in flagged}
+    assert 1 <= len(finished) < n_runs
+    for run in wd.glob("results/runs/*/seed*/lr*"):  # a killed run leaves no half-written metrics.json
+        if (run / "metrics.json").exists():
+            json.loads((run / "metrics.json").read_text())
     # 2. resume: unlock (snakemake's own lock survives a kill -9), then the same command again
     smk(wd, MICRO, work, "--unlock")
     smk(wd, MICRO, work, "--rerun-incomplete")

@@ -29,8 +29,8 @@ rule probe:
     threads: 1
     params:
         cfg=shlex.quote(json.dumps({"model": config.get("model", {}), "data": config["data"],
-                                    "probes": CLAIMS_CFG.get("probes", {})})),
-        arms=lambda w: shlex.quote(json.dumps(PROBE_SPECS[w.probe].get("arms") or {})),
+                                    "probes": CLAIMS_CFG.get("probes", {})}, sort_keys=True)),
+        arms=lambda w: shlex.quote(json.dumps(PROBE_SPECS[w.probe].get("arms") or {}, sort_keys=True)),
     shell:
         "{PY} -m workflows.probes --probe {wildcards.probe} --config-json {params.cfg} --arms-json {params.arms}"
         " --out {output} --work {WORK} --threads {threads} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule tokens:
     output:
         DATA_META,
     params:
-        data=shlex.quote(json.dumps(config["data"])),
+        data=shlex.quote(json.dumps(config["data"], sort_keys=True)),
     log:
         f"{LOGS}/data/{DATA_KEY}.log",
     shell:

@@ -13,8 +13,8 @@ rule train:
     benchmark:
         LOGS + "/benchmarks/train/{variant}/seed{seed}/lr{lr}.tsv"
     params:
-        # the run's full config: a change to it (and only to it) re-runs this job (params trigger)
-        run=lambda w: shlex.quote(json.dumps(GRID.run_dict(w.variant, int(w.seed), GRID.lr_of(w.variant, w.lr)))),
+        # the run's full config, key order normalised: a change to it (and only to it) re-runs this job
+        run=lambda w: shlex.quote(json.dumps(GRID.run_dict(w.variant, int(w.seed), GRID.lr_of(w.variant, w.lr)), sort_keys=True)),
     threads: config["threads"]
     resources:
         mem_mb=config["mem_mb"],
