@@ -106,7 +106,7 @@ class ModelConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     residual: bool = True
-    init: str = "gpt2"  # gpt2 | xavier | kaiming
+    init: str = "gpt2"  # gpt2 | gpt2_unscaled | xavier | kaiming (models/init.py)
     init_std: float = 0.02
     tie_embeddings: bool = True
     dropout: float = 0.0

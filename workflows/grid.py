@@ -116,8 +116,3 @@ def load_pipeline_config(path: str | Path) -> dict:
     validate(cfg, str(Path(__file__).parent / "schemas" / "config.schema.json"))
     return cfg
 
-
-def write_grid_json(grid: Grid, path) -> None:
-    from .io import write_text
-
-    write_text(path, json.dumps(grid.summary(), indent=2) + "\n")
