@@ -132,6 +132,16 @@ class Probe:
         torch.manual_seed(seed)
         return cfg, build(cfg)
 
+    def instances(self, depths):
+        """(arm, depth, seed, cfg, model, total params) for every arm × depth × seed, models freshly seeded."""
+        from models import count_params
+
+        for arm in self.arms:
+            for depth in depths:
+                for seed in self.settings.seeds:
+                    cfg, model = self.model(arm, depth, seed)
+                    yield arm, depth, seed, cfg, model, count_params(model)["total"]
+
     def batch(self, cfg, seed: int, i: int):
         from .data import train_batch
 
@@ -153,79 +163,70 @@ def _ffn_down(name: str) -> bool:
     return name.endswith(".down.weight")
 
 
+def _layer_norms(named, depth: int, pick, tensor_of) -> np.ndarray:
+    """Per-layer L2 norm over the block parameters selected by ``pick`` of ``tensor_of(name, param)``."""
+    sq = np.zeros(depth)
+    for n, q, layer in named:
+        t = tensor_of(n, q) if layer is not None and pick(n) else None
+        if t is not None:
+            sq[layer] += t.double().pow(2).sum().item()
+    return np.sqrt(sq)
+
+
 def grad_init(p: Probe) -> None:
     import torch
     import torch.nn.functional as F
 
-    from models import count_params
-
     s = p.settings
-    for arm in p.arms:
-        for depth in s.grad_depths:
-            for seed in s.seeds:
-                cfg, model = p.model(arm, depth, seed)
-                model.train()
-                params = count_params(model)["total"]
-                named = [(n, q, model.layer_of(n)) for n, q in model.named_parameters()]
-                groups = {"ffn_down": lambda n: _ffn_down(n), "block": lambda n: True}
-                per_batch = {g: np.zeros((s.grad_batches, depth)) for g in groups}
-                total = {n: torch.zeros_like(q) for n, q, layer in named if layer is not None}
-                for b in range(s.grad_batches):
-                    x, y = p.batch(cfg, seed, b)
-                    model.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-                    loss.backward()
-                    for g, pick in groups.items():
-                        sq = np.zeros(depth)
-                        for n, q, layer in named:
-                            if layer is not None and pick(n) and q.grad is not None:
-                                sq[layer] += q.grad.double().pow(2).sum().item()
-                        per_batch[g][b] = np.sqrt(sq)
-                    for n, q, layer in named:
-                        if layer is not None and q.grad is not None:
-                            total[n] += q.grad / s.grad_batches
-                tokens = s.grad_batches * s.batch_size * cfg.context_length
-                for g, pick in groups.items():
-                    mean = per_batch[g].mean(axis=0)
-                    sq_mean = np.zeros(depth)
-                    for n, q, layer in named:
-                        if layer is not None and pick(n):
-                            sq_mean[layer] += total[n].double().pow(2).sum().item()
-                    for layer in range(depth):
-                        p.add(arm, seed, depth, layer, f"grad_{g}", mean[layer], params, tokens)
-                        p.add(arm, seed, depth, layer, f"grad_{g}_of_mean", math.sqrt(sq_mean[layer]), params, tokens)
-                    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 when gradients underflow
-                        ratio = np.float64(mean[-1]) / np.float64(mean[0])
-                    p.add(arm, seed, depth, -1, f"ratio_{g}", ratio, params, tokens)
-                    p.add(arm, seed, depth, -1, f"last_{g}", mean[-1], params, tokens)
+    groups = {"ffn_down": _ffn_down, "block": lambda n: True}
+    for arm, depth, seed, cfg, model, params in p.instances(s.grad_depths):
+        model.train()
+        named = [(n, q, model.layer_of(n)) for n, q in model.named_parameters()]
+        per_batch = {g: np.zeros((s.grad_batches, depth)) for g in groups}
+        total = {n: torch.zeros_like(q) for n, q, layer in named if layer is not None}
+        for b in range(s.grad_batches):
+            x, y = p.batch(cfg, seed, b)
+            model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            loss.backward()
+            for g, pick in groups.items():
+                per_batch[g][b] = _layer_norms(named, depth, pick, lambda n, q: q.grad)
+            for n, q, layer in named:
+                if layer is not None and q.grad is not None:
+                    total[n] += q.grad / s.grad_batches
+        tokens = s.grad_batches * s.batch_size * cfg.context_length
+        for g, pick in groups.items():
+            mean = per_batch[g].mean(axis=0)
+            of_mean = _layer_norms(named, depth, pick, lambda n, q: total[n])
+            for layer in range(depth):
+                p.add(arm, seed, depth, layer, f"grad_{g}", mean[layer], params, tokens)
+                p.add(arm, seed, depth, layer, f"grad_{g}_of_mean", of_mean[layer], params, tokens)
+            with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 when gradients underflow
+                ratio = np.float64(mean[-1]) / np.float64(mean[0])
+            p.add(arm, seed, depth, -1, f"ratio_{g}", ratio, params, tokens)
+            p.add(arm, seed, depth, -1, f"last_{g}", mean[-1], params, tokens)
 
 
 def resid_init(p: Probe) -> None:
     import torch
 
-    from models import count_params
-
     s = p.settings
-    for arm in p.arms:
-        for depth in s.resid_depths:
-            for seed in s.seeds:
-                cfg, model = p.model(arm, depth, seed)
-                model.eval()
-                params = count_params(model)["total"]
-                rms = np.zeros(depth + 1)  # index 0: embedding, i + 1: after block i (its last sublayer)
-                with torch.no_grad():
-                    for b in range(s.resid_batches):
-                        x, _ = p.batch(cfg, seed, b)
-                        _, st = model(x, stats=True)
-                        last = {}
-                        for r in st["residual"]:
-                            last[r["layer"]] = r["rms"]  # rows are in order: the last site of a layer wins
-                        rms += np.array([last[i] for i in range(-1, depth)]) / s.resid_batches
-                tokens = s.resid_batches * s.batch_size * cfg.context_length
-                p.add(arm, seed, depth, -1, "resid_rms_embed", rms[0], params, tokens)
-                for layer in range(depth):
-                    p.add(arm, seed, depth, layer, "resid_rms", rms[layer + 1], params, tokens)
-                p.add(arm, seed, depth, -1, "last_embed_ratio", rms[-1] / rms[0], params, tokens)
+    for arm, depth, seed, cfg, model, params in p.instances(s.resid_depths):
+        model.eval()
+        rms = np.zeros(depth + 1)  # index 0: embedding, i + 1: after block i (its last sublayer)
+        with torch.no_grad():
+            for b in range(s.resid_batches):
+                x, _ = p.batch(cfg, seed, b)
+                _, st = model(x, stats=True)
+                last = {}
+                for r in st["residual"]:
+                    last[r["layer"]] = r["rms"]  # rows are in order: the last site of a layer wins
+                rms += np.array([last[i] for i in range(-1, depth)]) / s.resid_batches
+        tokens = s.resid_batches * s.batch_size * cfg.context_length
+        p.add(arm, seed, depth, -1, "resid_rms_embed", rms[0], params, tokens)
+        for layer in range(depth):
+            p.add(arm, seed, depth, layer, "resid_rms", rms[layer + 1], params, tokens)
+        p.add(arm, seed, depth, -1, "last_embed_ratio", rms[-1] / rms[0], params, tokens)
 
 
 def kv_cache(p: Probe) -> None:
