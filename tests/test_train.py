@@ -80,7 +80,8 @@ def test_run_records_everything_and_is_deterministic(corpus, work, tmp_path):
     assert m1["status"] == "ok" and not m1["diverged"] and m1["steps_done"] == 30
     assert m1["config"]["train"]["lr"] == 3e-3 and m1["provenance"]["threads"] == 1
     assert {"git_commit", "torch", "device", "text_sha256", "tokenizer_sha256", "started", "ended"} <= set(m1["provenance"])
-    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    assert not (tmp_path / "a" / "checkpoint.pt").exists() and not T.store_of(cfg, work).exists()
+    assert (tmp_path / "a" / "config.yaml").exists()
     kinds = set(zip(h1.kind, h1.metric))
     for km in [("train", "loss"), ("train", "lr"), ("train", "grad_norm"), ("val", "loss"), ("val", "bpb"),
                ("layer", "resid_rms"), ("layer", "resid_std"), ("layer", "resid_mean"), ("layer", "resid_maxabs"),
@@ -94,49 +95,118 @@ def test_run_records_everything_and_is_deterministic(corpus, work, tmp_path):
     assert m1["final_val_bpb"] == pytest.approx(m1["final_val_loss"] / math.log(2))
 
 
+def die_at(monkeypatch, step_to_die: int, variant=None):
+    """Make the next run (of ``variant``, if given) be killed when it asks for the batch of ``step_to_die``."""
+    real_batch = T.Job.batch
+
+    def dying(self, cfg, step):
+        if step == step_to_die and (variant is None or cfg.variant == variant):
+            raise KeyboardInterrupt("killed")
+        return real_batch(self, cfg, step)
+
+    monkeypatch.setattr(T.Job, "batch", dying)
+    return real_batch
+
+
 def test_killed_run_resumes_bit_identical(corpus, work, tmp_path, monkeypatch):
     cfg = T.RunConfig.from_dict(run_dict(corpus))
     T.train(cfg, tmp_path / "full", work, threads=1)
-    real_step = T.Run.train_step
-
-    def dying(self, step, stats):
-        if step == 25:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, step, stats)
-
-    monkeypatch.setattr(T.Run, "train_step", dying)
+    real_batch = die_at(monkeypatch, 25)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, tmp_path / "resumed", work, threads=1)
-    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(T.Run, "train_step", real_step)
+    assert (T.store_of(cfg, work) / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(T.Job, "batch", real_batch)
     T.train(cfg, tmp_path / "resumed", work, threads=1)
     (m1, h1), (m2, h2) = read(tmp_path / "full"), read(tmp_path / "resumed")
     pd.testing.assert_frame_equal(h1, h2)
     assert m1["final_val_loss"] == m2["final_val_loss"] and m2["resumed_segments"] == 2
+    assert not T.store_of(cfg, work).exists()  # a completed job removes its stores
 
 
 def test_checkpoint_of_another_config_is_ignored(corpus, work, tmp_path, monkeypatch):
     cfg = T.RunConfig.from_dict(run_dict(corpus))
-    real_step = T.Run.train_step
-    monkeypatch.setattr(T.Run, "train_step",
-                        lambda self, s, st: (_ for _ in ()).throw(KeyboardInterrupt()) if s == 15 else real_step(self, s, st))
+    real_batch = die_at(monkeypatch, 15)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, tmp_path / "x", work, threads=1)
-    monkeypatch.setattr(T.Run, "train_step", real_step)
+    monkeypatch.setattr(T.Job, "batch", real_batch)
     other = T.RunConfig.from_dict(run_dict(corpus, lr=1e-3))
+    store = T.store_of(other, work)
+    store.mkdir(parents=True)
+    (T.store_of(cfg, work) / "checkpoint.pt").rename(store / "checkpoint.pt")  # a stale checkpoint in its store
     m = T.train(other, tmp_path / "x", work, threads=1)
-    assert m["resumed_segments"] == 1 and m["config"]["train"]["lr"] == 1e-3
+    assert m["resumed_segments"] == 1 and m["config"]["train"]["lr"] == 1e-3 and m["steps_done"] == 30
+
+
+def test_job_of_several_runs_equals_separate_runs(corpus, work, tmp_path):
+    """One process, one model re-initialised in place per run: bit-identical to one process per run."""
+    cfgs = [T.RunConfig.from_dict({**run_dict(corpus, lr=lr), "seed": seed}) for seed, lr in
+            [(0, 3e-3), (0, 1e-2), (1, 3e-3)]]
+    outs = [tmp_path / "job" / f"r{i}" for i in range(3)]
+    T.run_job(cfgs, outs, work, threads=1)
+    for i, cfg in enumerate(cfgs):
+        T.train(cfg, tmp_path / "alone" / f"r{i}", work, threads=1)
+        (m1, h1), (m2, h2) = read(outs[i]), read(tmp_path / "alone" / f"r{i}")
+        pd.testing.assert_frame_equal(h1, h2)
+        assert m1["final_val_loss"] == m2["final_val_loss"] and m1["seed"] == cfg.seed
+    assert read(outs[0])[0]["final_val_loss"] != read(outs[2])[0]["final_val_loss"]  # seeds differ
+
+
+def test_cut_off_job_keeps_finished_runs_and_resumes_the_cut_one(corpus, work, tmp_path, monkeypatch):
+    """Killed during its second run: on restart (outputs deleted, as Snakemake does) the first run is
+    copied from its store, not retrained, and the second resumes from its checkpoint."""
+    import shutil
+
+    cfgs = [T.RunConfig.from_dict({**run_dict(corpus, lr=lr), "variant": v}) for v, lr in
+            [("first", 3e-3), ("second", 1e-2), ("third", 3e-3)]]
+    outs = [tmp_path / "job" / c.variant for c in cfgs]
+    real_batch = die_at(monkeypatch, 25, variant="second")
+    with pytest.raises(KeyboardInterrupt):
+        T.run_job(cfgs, outs, work, threads=1)
+    first = read(outs[0])[0]
+    assert (T.store_of(cfgs[1], work) / "checkpoint.pt").exists() and not outs[1].exists()
+    shutil.rmtree(tmp_path / "job")  # Snakemake removes the outputs of an incomplete job
+    monkeypatch.setattr(T.Job, "batch", real_batch)
+    trained = []
+    real_fit = T.fit
+    monkeypatch.setattr(T, "fit", lambda job, cfg, store: trained.append(cfg.variant) or real_fit(job, cfg, store))
+    T.run_job(cfgs, outs, work, threads=1)
+    assert trained == ["second", "third"]
+    again = read(outs[0])[0]
+    assert again == first and again["resumed_segments"] == 1  # the finished run, as it was
+    m2 = read(outs[1])[0]
+    assert m2["resumed_segments"] == 2 and m2["steps_done"] == 30
+    T.train(cfgs[1], tmp_path / "uncut", work, threads=1)
+    pd.testing.assert_frame_equal(read(outs[1])[1], read(tmp_path / "uncut")[1])
+
+
+def test_crashed_run_is_recorded_and_the_job_goes_on(corpus, work, tmp_path, monkeypatch):
+    cfgs = [T.RunConfig.from_dict({**run_dict(corpus), "variant": v}) for v in ("bad", "good")]
+    real_fit = T.fit
+
+    def fit(job, cfg, store):
+        if cfg.variant == "bad":
+            raise RuntimeError("boom")
+        return real_fit(job, cfg, store)
+
+    monkeypatch.setattr(T, "fit", fit)
+    with pytest.raises(RuntimeError, match="1 of 2 runs crashed"):
+        T.run_job(cfgs, [tmp_path / c.variant for c in cfgs], work, threads=1)
+    crash = json.loads((T.store_of(cfgs[0], work) / "crash.json").read_text())
+    assert "boom" in crash["error"] and crash["config"]["variant"] == "bad"
+    assert read(tmp_path / "good")[0]["status"] == "ok"
 
 
 def test_nan_loss_is_recorded_as_divergence_not_raised(corpus, work, tmp_path, monkeypatch):
     cfg = T.RunConfig.from_dict(run_dict(corpus))
-    real_step = T.Run.train_step
+    real_step = T.train_step
+    calls = []
 
-    def poisoned(self, step, stats):
-        loss, g, lr = real_step(self, step, stats)
-        return (torch.tensor(float("nan")) if step >= 12 else loss), g, lr
+    def poisoned(job, x, y, tc, stats):
+        loss, st = real_step(job, x, y, tc, stats)
+        calls.append(1)
+        return (torch.tensor(float("nan")) if len(calls) > 12 else loss), st
 
-    monkeypatch.setattr(T.Run, "train_step", poisoned)
+    monkeypatch.setattr(T, "train_step", poisoned)
     m = T.train(cfg, tmp_path / "nan", work, threads=1)
     assert m["diverged"] and m["status"] == "diverged" and "non-finite" in m["diverged_reason"]
     assert m["diverged_step"] == 14 and m["final_val_loss"] is None  # detected at the log check after step 12

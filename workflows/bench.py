@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import device as dev
-from .train import RunConfig, Run
+from .train import Job, RunConfig, make_optimizer, train_step
 
 SIZES = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, context_length=128),
@@ -29,49 +29,65 @@ SIZES = {
 GPT2_AXES = dict(norm="layernorm", bias=True, ffn="gelu_tanh", position="learned", tie_embeddings=True)
 
 
-def make_run(size: str, batch_size: int, work: str, stats_every: int, compile_: str, steps: int) -> Run:
-    cfg = RunConfig.from_dict({
-        "variant": f"bench-{size}", "seed": 0, "model": {**SIZES[size], **GPT2_AXES},
-        "train": {"steps": steps, "batch_size": batch_size, "stats_every": stats_every, "checkpoint_every": 0,
-                  "eval_every": 10**9, "log_every": 10, "compile": compile_}})
-    from pathlib import Path
+class Bench:
+    """One model of a benchmark size with its optimizer, stepped outside the training loop."""
 
-    return Run(cfg, Path("/dev/null"), Path(work), Path(work) / "device" / "peak_flops.json")
+    def __init__(self, size: str, batch_size: int, work: str, stats_every: int, compile_: str):
+        from pathlib import Path
+
+        self.cfg = RunConfig.from_dict({
+            "variant": f"bench-{size}", "seed": 0, "model": {**SIZES[size], **GPT2_AXES},
+            "train": {"steps": 10**6, "batch_size": batch_size, "stats_every": stats_every, "checkpoint_every": 0,
+                      "eval_every": 10**9, "log_every": 10, "compile": compile_}})
+        self.job = Job(self.cfg, Path(work), Path(work) / "device" / "peak_flops.json")
+        self.model, _ = self.job.model_for(self.cfg)
+        self.opt = make_optimizer(self.model, self.cfg.train, self.job.device)
+
+    def step(self, step: int) -> None:
+        """What one training step of workflows.train.fit does, statistics included when due."""
+        tc = self.cfg.train
+        x, y = self.job.batch(self.cfg, step)
+        stats = tc.stats_every > 0 and step % tc.stats_every == 0
+        _, st = train_step(self.job, x, y, tc, stats)
+        if stats:
+            from .measure import layer_params, layer_snapshot
+
+            layer_snapshot(layer_params(self.model))
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
 
-def time_steps(run: Run, steps: int, warmup: int) -> list[float]:
+def time_steps(b: Bench, steps: int, warmup: int) -> list[float]:
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        run.train_step(step, stats=run.tc.stats_every > 0 and step % run.tc.stats_every == 0)
-        dev.synchronize(run.device)
+        b.step(step)
+        dev.synchronize(b.job.device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     return times
 
 
-def phase_times(run: Run, steps: int) -> dict[str, float]:
+def phase_times(b: Bench, steps: int) -> dict[str, float]:
     """Median seconds of forward, backward and optimizer (clip + AdamW), each synchronised."""
-    from .data import train_batch
-
     out = {"forward": [], "backward": [], "optimizer": []}
-    T = run.cfg.model.context_length
+    device = b.job.device
     for step in range(steps):
-        x, y = train_batch(run.train_tokens, run.tc.batch_size, T, 0, step)
-        x, y = x.to(run.device), y.to(run.device)
-        dev.synchronize(run.device)
+        x, y = b.job.batch(b.cfg, step)
+        dev.synchronize(device)
         t0 = time.perf_counter()
-        with run.autocast():
-            loss = F.cross_entropy(run.fwd(x).float().flatten(0, 1), y.flatten())
-        dev.synchronize(run.device)
+        with b.job.autocast():
+            loss = F.cross_entropy(b.job.fwd(x).float().flatten(0, 1), y.flatten())
+        dev.synchronize(device)
         t1 = time.perf_counter()
         loss.backward()
-        dev.synchronize(run.device)
+        dev.synchronize(device)
         t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
-        run.opt.step()
-        run.opt.zero_grad(set_to_none=True)
-        dev.synchronize(run.device)
+        torch.nn.utils.clip_grad_norm_(b.model.parameters(), 1.0)
+        b.opt.step()
+        b.opt.zero_grad(set_to_none=True)
+        dev.synchronize(device)
         t3 = time.perf_counter()
         for k, v in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
             out[k].append(v)
@@ -79,12 +95,12 @@ def phase_times(run: Run, steps: int) -> dict[str, float]:
 
 
 def bench(size: str, batch_size: int, steps: int, work: str, compile_: str) -> dict:
-    run = make_run(size, batch_size, work, 0, compile_, 10**6)
+    run = Bench(size, batch_size, work, 0, compile_)
     warm = 5 if compile_ == "off" else 10
     plain = time_steps(run, steps, warm)
     phases = phase_times(run, max(5, steps // 2))
-    stats_run = make_run(size, batch_size, work, 50, compile_, 10**6)
-    with_stats = time_steps(stats_run, 100 if run.device.type == "cpu" else 200, warm)
+    stats_run = Bench(size, batch_size, work, 50, compile_)
+    with_stats = time_steps(stats_run, 100 if run.job.device.type == "cpu" else 200, warm)
     tokens = batch_size * run.cfg.model.context_length
     step = statistics.median(plain)
     from models import flops_per_token
@@ -92,11 +108,11 @@ def bench(size: str, batch_size: int, steps: int, work: str, compile_: str) -> d
     fpt = flops_per_token(run.cfg.model)
     inner = sum(phases.values())
     return {
-        "size": size, "device": dev.device_name(run.device), "dtype": str(run.dtype).removeprefix("torch."),
-        "compiled": run.compiled, "threads": torch.get_num_threads(), "batch_size": batch_size,
+        "size": size, "device": dev.device_name(run.job.device), "dtype": str(run.job.dtype).removeprefix("torch."),
+        "compiled": run.job.compiled, "threads": torch.get_num_threads(), "batch_size": batch_size,
         "seq_len": run.cfg.model.context_length, "params": sum(p.numel() for p in run.model.parameters()),
         "step_ms": 1000 * step, "tokens_per_s": tokens / step, "flops_per_token": fpt,
-        "peak_flops": run.peak["flops"], "mfu": tokens / step * fpt / run.peak["flops"],
+        "peak_flops": run.job.peak["flops"], "mfu": tokens / step * fpt / run.job.peak["flops"],
         **{f"{k}_ms": 1000 * v for k, v in phases.items()},
         "outside_fwd_bwd_opt_share": max(0.0, 1 - inner / step),
         "stats_every_50_slowdown": sum(with_stats) / len(with_stats) / (sum(plain) / len(plain)) - 1,

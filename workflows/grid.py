@@ -86,6 +86,15 @@ class Grid:
         return [(v, s, lr_label(lr)) for v in self.variants for lr in self.variant_lrs(v)
                 for s in self.variant_seeds(v)]
 
+    def jobs(self) -> list[tuple[str, int]]:
+        """(variant, seed) of every train job: one process trains all of that seed's LRs, so a CPU grid
+        pays the interpreter start once per job and a GPU grid compiles once per job."""
+        return [(v, s) for v in self.variants for s in self.variant_seeds(v)]
+
+    def job_runs(self, variant: str, seed: int) -> list[dict]:
+        """The run configs of job (variant, seed), in LR order."""
+        return [self.run_dict(variant, seed, lr) for lr in self.variant_lrs(variant)]
+
     def lr_of(self, variant: str, label: str) -> float:
         for lr in self.variant_lrs(variant):
             if lr_label(lr) == label:

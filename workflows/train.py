@@ -1,30 +1,40 @@
-"""One training run, fully measured: (variant, seed, LR) → metrics.json + history.parquet.
+"""Training: one job of the pipeline trains several runs (variant, seed, LR) in one process.
 
     python -m workflows.train --config RUN.yaml --out DIR [--threads N] [--work work]
+    python -m workflows.train --json '[RUN, RUN, ...]' --out DIR DIR ... # what a pipeline job calls
 
 A run config has five keys: ``variant`` (a label), ``seed``, ``model`` (a ``models.ModelConfig``),
 ``data`` (a ``workflows.data.DataConfig``) and ``train`` (``TrainConfig`` below). Unknown keys or
 values fail before any data is loaded, naming the field.
 
+Reading order: ``fit`` is the training loop of one run (nanoGPT-style, top to bottom); ``Job`` is what
+the runs of a job share (device, data, one model re-initialised in place per run, so a CUDA job
+compiles once); ``run_job`` walks the job's runs; measurement lives in ``workflows.measure``.
+
 Training: AdamW with decay / no-decay groups, linear warmup then cosine decay to a floor, gradient
 clipping (the pre-clip norm is recorded), optional output z-loss ``coef · log²Z``, dropout; fp32 on
 CPU, bf16 autocast on CUDA; optional ``torch.compile``.
 
-Divergence: a run diverges when a loss is non-finite, or when the smoothed (EMA) train loss stays
-above ℓ0 = ln(vocab) + ``divergence_margin`` for ``divergence_patience`` consecutive log checks. It
-stops early and records ``diverged``, the step and the reason; it is a result, not an error.
+Divergence (``workflows.measure``): a non-finite loss, or a smoothed train loss stuck above ln(vocab) +
+margin, stops the run and is recorded as ``diverged`` with its step and reason: a result, not an error.
 
-Resumption: a checkpoint is written every ``checkpoint_every`` steps; the same command restarted
-after a kill resumes and, on CPU, ends bit-identical to an uninterrupted run (batches are a pure
-function of (seed, step), and RNG, optimizer and bookkeeping state are checkpointed).
+Runs, stores and resumption: each run trains in its *store*, ``WORK/runs/<config hash>/``, which
+holds its checkpoint (every ``checkpoint_every`` steps) and, once finished, its outputs; they are then
+copied (atomically, ``metrics.json`` last) to the run's output folder. Snakemake deletes the
+declared outputs of a job that was cut off, but not the stores: the restarted job copies the runs
+that had finished, resumes the cut-off run from its checkpoint and trains the rest. On CPU a
+resumed run ends bit-identical to an uninterrupted one (batches are a pure function of (seed,
+step); RNG, optimizer and bookkeeping state are checkpointed). A job that completes removes its
+stores, so a deliberate re-run (changed config or code) retrains from scratch.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
-import subprocess
+import shutil
 import sys
 import time
 import traceback
@@ -34,16 +44,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models import ModelConfig, build, count_params, flops_per_token
+from models import ModelConfig, build
 from models.config import ConfigError, check_types, from_mapping
+from models.init import reset_parameters
 from models.norms import NORMS
 
 from . import device as dev
 from .data import DataConfig, DataError, prepare, train_batch, val_windows
-from .io import atomic_path, sanitize, write_json
+from .io import atomic_path, write_json
+from .measure import Diverged, Recorder, layer_params, layer_snapshot
 
 NO_DECAY_GROUPS = ("norm", "bias", "embedding")
-HISTORY_COLUMNS = ("step", "kind", "metric", "layer", "site", "value")
 
 
 @dataclass
@@ -148,6 +159,7 @@ class RunConfig:
                 "data": asdict(self.data), "train": asdict(self.train)}
 
 
+
 # ------------------------------------------------------------------------------------------------
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Linear warmup from 0 over warmup_steps, then cosine decay to lr · min_lr_ratio at the last step."""
@@ -180,108 +192,57 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
     return [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def layer_params(model) -> dict[int, list[torch.Tensor]]:
-    out: dict[int, list[torch.Tensor]] = {}
-    for name, p in model.named_parameters():
-        layer = model.layer_of(name)
-        if layer is not None:
-            out.setdefault(layer, []).append(p)
-    return out
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps,
+                             fused=device.type == "cuda")
 
 
-def _norm(tensors) -> float:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])).item()
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-class Diverged(Exception):
-    pass
+def fingerprint(cfg: RunConfig) -> str:
+    """sha256 of the resolved run config: names a run's store and guards its checkpoint."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
-class Run:
-    """State of one run; ``fit()`` trains from the last checkpoint (or step 0) to the end."""
+class Job:
+    """What the runs of one job share: the device and dtype, the token data, the peak FLOP/s, and one
+    model (built, and on CUDA compiled, once; ``model_for`` re-draws its weights in place per run)."""
 
-    def __init__(self, cfg: RunConfig, out: Path, work: Path, peak_file: Path | None, peak_persist: bool = True):
-        self.cfg, self.out, self.tc = cfg, out, cfg.train
-        self.device = dev.resolve_device(self.tc.device)
-        self.dtype = dev.resolve_dtype(self.tc.dtype, self.device)
-        self.data = prepare(cfg.data, work)
-        torch.manual_seed(cfg.seed)
-        self.model = build(cfg.model).to(self.device)
-        self.opt = torch.optim.AdamW(param_groups(self.model, self.tc), lr=self.tc.lr,
-                                     betas=(self.tc.beta1, self.tc.beta2), eps=self.tc.adam_eps,
-                                     fused=self.device.type == "cuda")
-        compile_on = self.tc.compile == "on" or (self.tc.compile == "auto" and self.device.type == "cuda")
-        self.fwd = torch.compile(self.model) if compile_on else self.model
-        self.compiled = compile_on
-        self.layers = layer_params(self.model)
-        self.init_loss = math.log(cfg.model.vocab_size)
+    def __init__(self, first: RunConfig, work: Path, peak_file: Path, peak_persist: bool = True):
+        self.device = dev.resolve_device(first.train.device)
+        self.dtype = dev.resolve_dtype(first.train.dtype, self.device)
+        self.data = prepare(first.data, work)
         # on CUDA the whole token stream lives on the GPU (int32) and windows are gathered there
         self.train_tokens = (torch.from_numpy(self.data.train.astype("int32")).to(self.device)
                              if self.device.type == "cuda" else self.data.train)
-        self.val_x, self.val_y = val_windows(self.data.val, cfg.model.context_length, self.tc.eval_windows)
         self.peak = dev.peak_flops(self.device, self.dtype, peak_file, persist=peak_persist)
-        self.ckpt = out / "checkpoint.pt"
-        self.state = {"step": 0, "history": [], "ema": None, "ema_steps": 0, "above": 0, "timed_tokens": 0,
-                      "timed_seconds": 0.0, "wall": 0.0, "diverged": None, "started": time.time(),
-                      "best_val": float("inf"), "segments": 0}
+        self.model_cfg, self.model, self.fwd, self.compiled = None, None, None, False
 
-    # ---- checkpointing ---------------------------------------------------------------------------
-    def save(self) -> None:
-        with atomic_path(self.ckpt) as tmp:
-            torch.save({"fingerprint": self.fingerprint(), "model": self.model.state_dict(),
-                        "opt": self.opt.state_dict(), "state": self.state, "rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
-                       tmp)
-
-    def load(self) -> bool:
-        if not self.ckpt.exists():
-            return False
-        try:
-            ck = torch.load(self.ckpt, map_location=self.device, weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a torn checkpoint is discarded, not fatal
-            print(f"[train] ignoring unreadable checkpoint {self.ckpt}: {e}", file=sys.stderr)
-            return False
-        if ck.get("fingerprint") != self.fingerprint():
-            print(f"[train] ignoring checkpoint {self.ckpt}: it belongs to another config", file=sys.stderr)
-            return False
-        self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["opt"])
-        self.state = ck["state"]
-        torch.set_rng_state(ck["rng"])
-        if ck["cuda_rng"] is not None:
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
-        return True
-
-    def fingerprint(self) -> str:
-        import hashlib
-
-        return hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode()).hexdigest()
-
-    # ---- measurements ----------------------------------------------------------------------------
-    def record(self, step, kind, metric, value, layer=-1, site=""):
-        self.state["history"].append((step, kind, metric, layer, site, float(value)))
+    def model_for(self, cfg: RunConfig):
+        """The job's model with freshly drawn weights for ``cfg.seed`` (rebuilt only if the architecture
+        or the compile setting differs from the previous run's)."""
+        compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and self.device.type == "cuda")
+        if (cfg.model, compile_on) != (self.model_cfg, self.compiled):
+            self.model = build(cfg.model).to(self.device)
+            self.fwd = torch.compile(self.model) if compile_on else self.model
+            self.model_cfg, self.compiled = cfg.model, compile_on
+            self.val_x, self.val_y = val_windows(self.data.val, cfg.model.context_length, cfg.train.eval_windows)
+        torch.manual_seed(cfg.seed)
+        reset_parameters(self.model, cfg.model)
+        self.model.train()
+        return self.model, self.fwd
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
+    def batch(self, cfg: RunConfig, step: int):
+        x, y = train_batch(self.train_tokens, cfg.train.batch_size, cfg.model.context_length, cfg.seed, step)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self, cfg: RunConfig) -> float:
+        """Mean validation loss (nats/token) over the fixed validation windows."""
         self.model.eval()
-        total, n = 0.0, 0
-        B = self.tc.batch_size
+        total, n, B = 0.0, 0, cfg.train.batch_size
         for i in range(0, len(self.val_x), B):
             x, y = self.val_x[i:i + B].to(self.device), self.val_y[i:i + B].to(self.device)
             with self.autocast():
@@ -291,228 +252,165 @@ class Run:
         self.model.train()
         return total / n
 
-    def bpb(self, nats: float) -> float:
-        return nats / math.log(2) / self.data.bytes_per_token
 
-    def eval_and_log(self, step: int, pbar=None, train_loss=None) -> float:
-        loss = self.evaluate()
-        self.record(step, "val", "loss", loss)
-        self.record(step, "val", "bpb", self.bpb(loss))
-        if math.isfinite(loss):
-            self.state["best_val"] = min(self.state["best_val"], loss)
-        msg = (f"step {step}/{self.tc.steps} | train {train_loss if train_loss is not None else float('nan'):.4f} "
-               f"| val {loss:.4f} ({self.bpb(loss):.3f} bpb) | lr {lr_at(min(step, self.tc.steps - 1), self.tc):.2e}")
-        if pbar is not None:
-            pbar.set_postfix_str(msg.split(" | ", 1)[1])
-        else:
-            print(f"[{self.cfg.variant} seed={self.cfg.seed} lr={self.tc.lr:g}] {msg}", flush=True)
-        return loss
+def train_step(job: Job, x, y, tc: TrainConfig, stats: bool):
+    """Forward and backward of one batch: (loss, per-layer statistics or None). Its own function so
+    that tests can interrupt or poison a run at a chosen step."""
+    with job.autocast():
+        out = job.fwd(x, stats=True) if stats else job.fwd(x)
+        logits, st = out if stats else (out, None)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        total = loss + tc.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean() if tc.z_loss else loss
+    total.backward()
+    return loss.detach(), st
 
-    def check_divergence(self, step: int, losses: list[float]) -> None:
-        tc = self.tc
-        for loss in losses:
-            if not math.isfinite(loss):
-                raise Diverged(f"non-finite train loss ({loss}) at step {step}")
-            ema = loss if self.state["ema"] is None else tc.divergence_ema * self.state["ema"] + (1 - tc.divergence_ema) * loss
-            self.state["ema"] = ema
-        threshold = self.init_loss + tc.divergence_margin
-        self.state["above"] = self.state["above"] + 1 if self.state["ema"] > threshold else 0
-        if tc.divergence_patience and self.state["above"] >= tc.divergence_patience:
-            raise Diverged(f"smoothed train loss {self.state['ema']:.3f} stayed above ln(vocab)+"
-                           f"{tc.divergence_margin} = {threshold:.3f} for {tc.divergence_patience} checks")
 
-    # ---- the loop --------------------------------------------------------------------------------
-    def train_step(self, step: int, stats: bool):
-        tc, model = self.tc, self.model
-        lr = lr_at(step, tc)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        x, y = train_batch(self.train_tokens, tc.batch_size, self.cfg.model.context_length, self.cfg.seed, step)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with self.autocast():
-            out = self.fwd(x, stats=True) if stats else self.fwd(x)
-            logits, st = out if stats else (out, None)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            total = loss
-            if tc.z_loss:
-                total = loss + tc.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
-        total.backward()
-        if stats:
-            grads = {i: _norm([p.grad for p in ps if p.grad is not None]) for i, ps in self.layers.items()}
-            before = {i: [p.detach().clone() for p in ps] for i, ps in self.layers.items()}
-        clip = tc.grad_clip if tc.grad_clip is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if stats:
-            self.record_stats(step, st, grads, before)
-        return loss.detach(), grad_norm.detach(), lr
+# ---- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder) -> None:
+    rec.close_segment()
+    with atomic_path(path) as tmp:
+        torch.save({"fingerprint": fingerprint(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
+                    "state": rec.state, "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp)
 
-    @torch.no_grad()
-    def record_stats(self, step, st, grads, before):
-        for row in st["residual"]:
-            for k in ("mean", "std", "rms"):
-                self.record(step, "layer", f"resid_{k}", row[k], row["layer"], row["site"])
-            self.record(step, "layer", "resid_maxabs", max(abs(row["min"]), abs(row["max"])), row["layer"], row["site"])
-        for i, v in enumerate(st["attn_logit_max"]):
-            self.record(step, "layer", "attn_logit_max", v, i)
-        for i, ps in self.layers.items():
-            self.record(step, "layer", "grad_norm", grads[i], i)
-            delta = _norm([p - b for p, b in zip(ps, before[i])])
-            self.record(step, "layer", "update_ratio", delta / max(_norm(before[i]), 1e-30), i)
-        self.record(step, "logits", "logz_mean", st["logz_mean"])
-        self.record(step, "logits", "logz_max", st["logz_max"])
 
-    def fit(self) -> dict:
-        tc = self.tc
-        resumed = self.load()
-        self.state["segments"] += 1
-        seg_start = time.time()
-        start = self.state["step"]
-        if start == 0 and not resumed:
-            torch.manual_seed(self.cfg.seed + 1)  # dropout RNG: independent of whatever ran before
-            self.eval_and_log(0)
-        pbar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device) -> bool:
+    """Restore a run from ``path``; False (and a fresh start) if it is missing, torn or another config's."""
+    if not path.exists():
+        return False
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a torn checkpoint is discarded, not fatal
+        print(f"[train] ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
+        return False
+    if ck.get("fingerprint") != fingerprint(cfg):
+        print(f"[train] ignoring checkpoint {path}: it belongs to another config", file=sys.stderr)
+        return False
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    rec.state = ck["state"]
+    torch.set_rng_state(ck["rng"])
+    if ck["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    return True
 
-            pbar = tqdm(total=tc.steps, initial=start, desc=f"{self.cfg.variant} s{self.cfg.seed} lr{tc.lr:g}",
-                        dynamic_ncols=True)
-        pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
-        step = start
-        try:
-            if self.state["diverged"] is None:
-                for step in range(start, tc.steps):
-                    stats = tc.stats_every > 0 and step % tc.stats_every == 0
-                    t0 = time.perf_counter()
-                    loss, gnorm, lr = self.train_step(step, stats)
-                    dev.synchronize(self.device)
-                    dt = time.perf_counter() - t0
-                    if step >= tc.timing_warmup_steps and not stats:
-                        self.state["timed_tokens"] += tc.batch_size * self.cfg.model.context_length
-                        self.state["timed_seconds"] += dt
-                    pending.append((step, loss, gnorm, lr))
-                    done = step + 1
-                    if done % tc.log_every == 0 or done == tc.steps:
-                        losses = self.flush(pending)
-                        pending = []
-                        self.check_divergence(step, losses)
-                    if pbar is not None:
-                        pbar.update(1)
-                    if done % tc.eval_every == 0 or done == tc.steps:
-                        val = self.eval_and_log(done, pbar, self.state["ema"])
-                        if not math.isfinite(val):
-                            raise Diverged(f"non-finite validation loss at step {done}")
-                    self.state["step"] = done
-                    if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
-                        self.state["wall"] += time.time() - seg_start
-                        seg_start = time.time()
-                        self.save()
-        except Diverged as d:
-            if pending:
-                self.flush(pending)
-            self.state["diverged"] = {"step": step, "reason": str(d)}
-            print(f"[{self.cfg.variant} seed={self.cfg.seed} lr={tc.lr:g}] diverged: {d}", flush=True)
-        finally:
-            if pbar is not None:
-                pbar.close()
-        self.state["wall"] += time.time() - seg_start
-        return self.metrics()
 
-    def flush(self, pending) -> list[float]:
-        """Move a window of per-step tensors to the host (one sync per log interval)."""
-        vals = torch.stack([torch.stack([l.float(), g.float()]) for _, l, g, _ in pending]).tolist()
-        for (step, _, _, lr), (loss, gnorm) in zip(pending, vals):
-            self.record(step, "train", "loss", loss)
-            self.record(step, "train", "grad_norm", gnorm)
-            self.record(step, "train", "lr", lr)
-        return [v[0] for v in vals]
+# ---- the training loop ----------------------------------------------------------------------------
+def fit(job: Job, cfg: RunConfig, store: Path):
+    """Train one run from its last checkpoint in ``store`` (or step 0) to the end.
+    Returns (metrics dict, history as a pyarrow table)."""
+    tc = cfg.train
+    model, fwd = job.model_for(cfg)
+    opt = make_optimizer(model, tc, job.device)
+    rec = Recorder(cfg, init_loss=math.log(cfg.model.vocab_size), bytes_per_token=job.data.bytes_per_token)
+    ckpt = store / "checkpoint.pt"
+    resumed = load_checkpoint(ckpt, cfg, model, opt, rec, job.device)
+    rec.begin_segment()
+    layers = layer_params(model)
+    step = rec.state["step"]
+    try:
+        if not resumed:
+            torch.manual_seed(cfg.seed + 1)  # dropout RNG: independent of whatever ran before
+            rec.val(0, job.evaluate(cfg), lr_at(0, tc))
+        while step < tc.steps and rec.state["diverged"] is None:
+            t0 = time.perf_counter()
+            lr = lr_at(step, tc)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = job.batch(cfg, step)
+            stats = tc.stats_every > 0 and step % tc.stats_every == 0
+            loss, st = train_step(job, x, y, tc, stats)
+            snapshot = layer_snapshot(layers) if stats else None
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if stats:
+                rec.layer_stats(step, st, snapshot, layers)
+            dev.synchronize(job.device)
+            rec.step(step, loss, grad_norm.detach(), lr, time.perf_counter() - t0, timed=not stats)
+            step += 1
+            if step % tc.log_every == 0 or step == tc.steps:
+                rec.check_divergence(step - 1)
+            if step % tc.eval_every == 0 or step == tc.steps:
+                rec.val(step, job.evaluate(cfg), lr)
+            rec.state["step"] = step
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+                save_checkpoint(ckpt, cfg, model, opt, rec)
+    except Diverged as d:
+        rec.diverge(max(step - 1, 0), d)
+    rec.close_segment()
+    return rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data), rec.history_table()
 
-    def metrics(self) -> dict:
-        cfg, tc, st = self.cfg, self.tc, self.state
-        hist = [h for h in st["history"] if h[1] == "val" and h[2] == "loss"]
-        final = hist[-1][5] if hist else float("nan")
-        diverged = st["diverged"] is not None
-        tps = st["timed_tokens"] / st["timed_seconds"] if st["timed_seconds"] > 0 else float("nan")
-        fpt = flops_per_token(cfg.model, cfg.model.context_length)
-        params = count_params(self.model)
-        return sanitize({
-            "variant": cfg.variant, "seed": cfg.seed, "lr": tc.lr,
-            "status": "diverged" if diverged else "ok",
-            "final_val_loss": float("nan") if diverged else final,
-            "final_val_bpb": float("nan") if diverged else self.bpb(final),
-            "last_val_loss": final,
-            "best_val_loss": st["best_val"], "best_val_bpb": self.bpb(st["best_val"]),
-            "init_loss": self.init_loss,
-            "diverged": diverged,
-            "diverged_step": st["diverged"]["step"] if diverged else None,
-            "diverged_reason": st["diverged"]["reason"] if diverged else None,
-            "divergence_rule": f"non-finite loss, or EMA({tc.divergence_ema}) train loss > ln(vocab) + "
-                               f"{tc.divergence_margin} for {tc.divergence_patience} consecutive checks "
-                               f"(every {tc.log_every} steps)",
-            "steps_done": st["step"],
-            "tokens_per_s": tps,
-            "throughput_note": f"steady state: steps >= {tc.timing_warmup_steps}, excluding evaluation and "
-                               "statistics steps, device synchronised",
-            "flops_per_token": fpt,
-            "flops_convention": "PaLM (Chowdhery et al. 2022, App. B): 6N + 12*L*H*Q*T, N = matmul weights "
-                                "incl. the output projection",
-            "peak_flops": self.peak["flops"], "peak_flops_source": self.peak["key"],
-            "mfu": tps * fpt / self.peak["flops"] if math.isfinite(tps) else float("nan"),
-            "peak_mem_mb": dev.peak_memory_mb(self.device),
-            "params": params["total"], "nonembed_params": params["nonembed"],
-            "tokens_seen": st["step"] * tc.batch_size * cfg.model.context_length,
-            "wall_time_s": st["wall"],
-            "resumed_segments": st["segments"],
-            "config": cfg.to_dict(),
-            "provenance": {
-                "git_commit": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
-                "device": dev.device_name(self.device), "device_type": self.device.type,
-                "dtype": str(self.dtype).removeprefix("torch."), "compiled": self.compiled,
-                "threads": torch.get_num_threads(),
-                "data_key": self.data.folder.name, "text_sha256": self.data.meta["text_sha256"],
-                "tokenizer_sha256": self.data.meta["tokenizer_sha256"],
-                "train_tokens_sha256": self.data.meta["train"]["sha256"],
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st["started"])),
-                "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "host": os.uname().nodename,
-            },
-        })
 
-    def history_table(self):
-        """The long-format history as a pyarrow table (pandas is not imported by a train job: it
-        would add ~0.6 s to each of the grid's many short jobs)."""
-        import pyarrow as pa
+# ---- a job: several runs, each through its store ----------------------------------------------------
+def store_of(cfg: RunConfig, work: Path) -> Path:
+    return work / "runs" / fingerprint(cfg)[:24]
 
-        cols = list(zip(*self.state["history"])) or [()] * len(HISTORY_COLUMNS)
-        types = (pa.int64(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.float64())
-        return pa.table({name: pa.array(col, type=t) for name, col, t in zip(HISTORY_COLUMNS, cols, types)})
+
+def write_run(folder: Path, cfg: RunConfig, metrics: dict, history) -> None:
+    """config.yaml, history.parquet, then metrics.json (its presence marks a finished run), atomically."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with atomic_path(folder / "history.parquet") as tmp:
+        pq.write_table(history, tmp)
+    write_json(folder / "metrics.json", metrics)
+
+
+def publish(store: Path, out: Path) -> None:
+    """Copy a finished run from its store to its output folder (metrics.json last, each atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "history.parquet", "metrics.json"):
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(store / name, tmp)
+
+
+def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None = None, peak_file=None,
+            keep_stores: bool = False) -> list[dict]:
+    """Train ``cfgs`` into ``outs`` in this process. A run already finished in its store is copied,
+    a cut-off one resumes from its checkpoint. A crashed run writes ``crash.json`` into its store and
+    the job goes on with the others, then raises. When every run succeeded the stores are removed."""
+    work = Path(work)
+    threads = next((c.train.threads for c in cfgs if c.train.threads), None) or threads
+    if threads:
+        torch.set_num_threads(threads)
+    persist = peak_file is None  # an explicit cache file is read-only (the pipeline's peak_flops rule owns it)
+    peak_file = Path(peak_file) if peak_file else work / "device" / "peak_flops.json"
+    job, results, crashed = None, [], []
+    for cfg, out in zip(cfgs, map(Path, outs)):
+        store = store_of(cfg, work)
+        if not (store / "metrics.json").exists():
+            try:
+                job = job or Job(cfg, work, peak_file, persist)
+                metrics, history = fit(job, cfg, store)
+            except DataError:
+                raise
+            except Exception as e:  # a crashed run is recorded, the job goes on and fails at the end
+                write_json(store / "crash.json", {"error": repr(e), "traceback": traceback.format_exc(),
+                                                  "config": cfg.to_dict()})
+                print(f"[{cfg.variant} seed={cfg.seed} lr={cfg.train.lr:g}] crashed: {e!r} "
+                      f"(traceback in {store / 'crash.json'})", file=sys.stderr, flush=True)
+                crashed.append(store)
+                continue
+            write_run(store, cfg, metrics, history)
+            (store / "checkpoint.pt").unlink(missing_ok=True)
+        publish(store, out)
+        results.append(json.loads((out / "metrics.json").read_text()))
+    if crashed:
+        raise RuntimeError(f"{len(crashed)} of {len(cfgs)} runs crashed: {[str(s) for s in crashed]}")
+    if not keep_stores:
+        for cfg in cfgs:
+            shutil.rmtree(store_of(cfg, work), ignore_errors=True)
+    return results
 
 
 def train(cfg: RunConfig, out: str | os.PathLike, work: str | os.PathLike = "work",
           threads: int | None = None, peak_file: str | os.PathLike | None = None) -> dict:
-    """Train one run into ``out`` (metrics.json, history.parquet); returns the metrics dict."""
-    out, work = Path(out), Path(work)
-    threads = cfg.train.threads or threads
-    if threads:
-        torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    with atomic_path(out / "config.yaml") as tmp:  # the resolved config, beside its results
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    persist = peak_file is None  # an explicit cache file is read-only (the pipeline's peak_flops rule owns it)
-    if peak_file is None:
-        peak_file = work / "device" / "peak_flops.json"
-    run = Run(cfg, out, work, Path(peak_file), persist)
-    metrics = run.fit()
-    with atomic_path(out / "history.parquet") as tmp:
-        import pyarrow.parquet as pq
-
-        pq.write_table(run.history_table(), tmp)
-    write_json(out / "metrics.json", metrics)  # written last: its presence marks a finished run
-    run.ckpt.unlink(missing_ok=True)
-    return metrics
+    """Train one run into ``out`` (config.yaml, history.parquet, metrics.json); returns its metrics."""
+    return run_job([cfg], [out], work, threads, peak_file)[0]
 
 
 def main(argv=None) -> int:
@@ -520,28 +418,29 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="run config YAML (variant, seed, model, data, train)")
-    src.add_argument("--json", help="the run config as a JSON string (what the pipeline passes)")
-    p.add_argument("--out", required=True, help="output folder (metrics.json, history.parquet)")
-    p.add_argument("--work", default="work", help="work folder for token files and caches (default: work)")
+    src.add_argument("--json", help="a run config, or a list of them, as JSON (what the pipeline passes)")
+    p.add_argument("--out", required=True, nargs="+", help="output folder(s), one per run")
+    p.add_argument("--work", default="work", help="work folder for token files, run stores and caches (default: work)")
     p.add_argument("--threads", type=int, help="torch threads (train.threads overrides)")
     p.add_argument("--peak-flops", help="read-only JSON cache of measured peak FLOP/s (default: WORK/device/peak_flops.json, updated)")
     args = p.parse_args(argv)
     try:
-        cfg = RunConfig.from_dict(json.loads(args.json)) if args.json else RunConfig.from_yaml(args.config)
+        raw = json.loads(args.json) if args.json else [RunConfig.from_yaml(args.config).to_dict()]
+        raw = raw if isinstance(raw, list) else [raw]
+        cfgs = [RunConfig.from_dict(d) for d in raw]
+        if len(cfgs) != len(args.out):
+            raise ConfigError(f"{len(cfgs)} run config(s) but {len(args.out)} --out folder(s)")
     except (ConfigError, DataError, OSError, ValueError) as e:
         print(f"error: {args.config or '--json'}: {e}", file=sys.stderr)
         return 2
     try:
-        m = train(cfg, args.out, args.work, args.threads, args.peak_flops)
+        results = run_job(cfgs, args.out, args.work, args.threads, args.peak_flops)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # a crashed run is recorded, then reported as a failed job
-        write_json(Path(args.out) / "crash.json", {"error": repr(e), "traceback": traceback.format_exc(),
-                                                   "config": cfg.to_dict()})
-        raise
-    print(f"[{cfg.variant} seed={cfg.seed} lr={cfg.train.lr:g}] {m['status']}: final val loss "
-          f"{m['final_val_loss']} nats, {m['tokens_per_s']:.0f} tok/s, MFU {m['mfu']:.1%}", flush=True)
+    for m in results:
+        print(f"[{m['variant']} seed={m['seed']} lr={m['lr']:g}] {m['status']}: final val loss "
+              f"{m['final_val_loss']} nats, {m['tokens_per_s']:.0f} tok/s, MFU {m['mfu']:.1%}", flush=True)
     return 0
 
 

@@ -1,4 +1,7 @@
-# Train: one job per (variant, seed, LR). A diverged run is a successful job with a result.
+# Train: one job per (variant, seed) trains that seed's LRs in one process (workflows.train.run_job)
+# and writes each run to results/runs/<variant>/seed<s>/lr<lr>/ (metrics.json, history.parquet,
+# config.yaml). Runs train in stores under WORK/runs/ that outlive a cut-off job, so a killed grid
+# resumes without retraining a finished run. A diverged run is a successful run with a result.
 
 
 rule train:
@@ -6,15 +9,18 @@ rule train:
         data=DATA_META,
         peak=PEAK_FLOPS,
     output:
-        metrics=f"{RUN_DIR}/metrics.json",
-        history=f"{RUN_DIR}/history.parquet",
+        directory(JOB_DIR),
     log:
-        LOGS + "/train/{variant}/seed{seed}/lr{lr}.log",
+        f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
     benchmark:
-        LOGS + "/benchmarks/train/{variant}/seed{seed}/lr{lr}.tsv"
+        f"{LOGS}/benchmarks/train/{{variant}}/seed{{seed}}.tsv"
+    conda:
+        "../../environment.yml"
     params:
-        # the run's full config, key order normalised: a change to it (and only to it) re-runs this job
-        run=lambda w: shlex.quote(json.dumps(GRID.run_dict(w.variant, int(w.seed), GRID.lr_of(w.variant, w.lr)), sort_keys=True)),
+        # the job's run configs, key order normalised: a change to them (and only to them) re-runs this job
+        runs=lambda w: shlex.quote(json.dumps(GRID.job_runs(w.variant, int(w.seed)), sort_keys=True)),
+        outs=lambda w, output: " ".join(f"{output[0]}/lr{lr_label(lr)}" for lr in GRID.variant_lrs(w.variant)),
+        work=lambda w, input: work_of(input.data),
     threads: config["threads"]
     resources:
         mem_mb=config["mem_mb"],
@@ -22,5 +28,5 @@ rule train:
         gpu=1 if config.get("gpu_mem_mb") else 0,
         gpu_mem_mb=config.get("gpu_mem_mb", 0),
     shell:
-        "{PY} -m workflows.train --json {params.run} --out {RESULTS}/runs/{wildcards.variant}/seed{wildcards.seed}/lr{wildcards.lr}"
-        " --work {WORK} --threads {threads} --peak-flops {input.peak} > {log} 2>&1"
+        "python -m workflows.train --json {params.runs} --out {params.outs} --work {params.work}"
+        " --threads {threads} --peak-flops {input.peak} > {log} 2>&1"

@@ -1,0 +1,227 @@
+"""What a training run measures, kept beside the loop in workflows/train.py rather than inside it.
+
+``Recorder`` holds everything a run records and checkpoints with it: the long-format history
+(step, kind, metric, layer, site, value), steady-state throughput, the divergence detector and the
+best validation loss. ``layer_snapshot`` / ``Recorder.layer_stats`` take the per-layer statistics of
+a statistics step (gradient norm before clipping, update/weight ratio, residual-stream moments,
+max attention logit, output log Z). ``Recorder.metrics`` turns the state into ``metrics.json``.
+
+Divergence: a run diverges when a loss is non-finite, or when the smoothed (EMA) train loss stays
+above ℓ0 = ln(vocab) + ``divergence_margin`` for ``divergence_patience`` consecutive log checks.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models import count_params, flops_per_token
+
+from . import device as dev
+from .io import sanitize
+
+HISTORY_COLUMNS = ("step", "kind", "metric", "layer", "site", "value")
+
+
+class Diverged(Exception):
+    pass
+
+
+def vector_norm(tensors) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])).item()
+
+
+def layer_params(model) -> dict[int, list[torch.Tensor]]:
+    out: dict[int, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        layer = model.layer_of(name)
+        if layer is not None:
+            out.setdefault(layer, []).append(p)
+    return out
+
+
+@torch.no_grad()
+def layer_snapshot(layers: dict[int, list[torch.Tensor]]) -> tuple[dict, dict]:
+    """Per-layer gradient norms (before clipping) and a copy of the weights (before the update)."""
+    grads = {i: vector_norm([p.grad for p in ps if p.grad is not None]) for i, ps in layers.items()}
+    before = {i: [p.detach().clone() for p in ps] for i, ps in layers.items()}
+    return grads, before
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Recorder:
+    """Everything one run records; ``state`` is saved in its checkpoint."""
+
+    def __init__(self, cfg, init_loss: float, bytes_per_token: float):
+        self.cfg, self.tc = cfg, cfg.train
+        self.init_loss, self.bytes_per_token = init_loss, bytes_per_token
+        self.state = {"step": 0, "history": [], "ema": None, "above": 0, "timed_tokens": 0, "timed_seconds": 0.0,
+                      "wall": 0.0, "diverged": None, "started": time.time(), "best_val": float("inf"),
+                      "segments": 0}
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+        self.segment_start = time.time()
+
+    @property
+    def tag(self) -> str:
+        return f"[{self.cfg.variant} seed={self.cfg.seed} lr={self.tc.lr:g}]"
+
+    def record(self, step, kind, metric, value, layer=-1, site=""):
+        self.state["history"].append((step, kind, metric, layer, site, float(value)))
+
+    def bpb(self, nats: float) -> float:
+        return nats / math.log(2) / self.bytes_per_token
+
+    # ---- wall time: one segment per process that worked on the run ------------------------------
+    def begin_segment(self) -> None:
+        self.state["segments"] += 1
+        self.segment_start = time.time()
+
+    def close_segment(self) -> None:
+        """Add the time since the segment (re)started; called before a checkpoint and at the end."""
+        now = time.time()
+        self.state["wall"] += now - self.segment_start
+        self.segment_start = now
+
+    # ---- every step ------------------------------------------------------------------------------
+    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, seconds: float,
+             timed: bool) -> None:
+        """Keep the step's loss on the device (no sync); count its time if it is a plain steady step."""
+        if timed and step >= self.tc.timing_warmup_steps:
+            self.state["timed_tokens"] += self.tc.batch_size * self.cfg.model.context_length
+            self.state["timed_seconds"] += seconds
+        self.pending.append((step, loss, grad_norm, lr))
+
+    def flush(self) -> list[float]:
+        """Move the pending losses to the host (one sync per log interval) and record them."""
+        if not self.pending:
+            return []
+        vals = torch.stack([torch.stack([l.float(), g.float()]) for _, l, g, _ in self.pending]).tolist()
+        for (step, _, _, lr), (loss, gnorm) in zip(self.pending, vals):
+            self.record(step, "train", "loss", loss)
+            self.record(step, "train", "grad_norm", gnorm)
+            self.record(step, "train", "lr", lr)
+        self.pending = []
+        return [v[0] for v in vals]
+
+    def check_divergence(self, step: int) -> None:
+        """Flush, then raise ``Diverged`` on a non-finite loss or a smoothed loss stuck above ℓ0 + margin."""
+        tc = self.tc
+        for loss in self.flush():
+            if not math.isfinite(loss):
+                raise Diverged(f"non-finite train loss ({loss}) at step {step}")
+            ema = self.state["ema"]
+            self.state["ema"] = loss if ema is None else tc.divergence_ema * ema + (1 - tc.divergence_ema) * loss
+        threshold = self.init_loss + tc.divergence_margin
+        self.state["above"] = self.state["above"] + 1 if self.state["ema"] > threshold else 0
+        if tc.divergence_patience and self.state["above"] >= tc.divergence_patience:
+            raise Diverged(f"smoothed train loss {self.state['ema']:.3f} stayed above ln(vocab)+"
+                           f"{tc.divergence_margin} = {threshold:.3f} for {tc.divergence_patience} checks")
+
+    def diverge(self, step: int, reason: Diverged) -> None:
+        self.flush()
+        self.state["diverged"] = {"step": step, "reason": str(reason)}
+        print(f"{self.tag} diverged: {reason}", flush=True)
+
+    # ---- evaluation and per-layer statistics ------------------------------------------------------
+    def val(self, step: int, loss: float, lr: float) -> None:
+        self.record(step, "val", "loss", loss)
+        self.record(step, "val", "bpb", self.bpb(loss))
+        if math.isfinite(loss):
+            self.state["best_val"] = min(self.state["best_val"], loss)
+        ema = self.state["ema"] if self.state["ema"] is not None else float("nan")
+        print(f"{self.tag} step {step}/{self.tc.steps} | train {ema:.4f} | val {loss:.4f} "
+              f"({self.bpb(loss):.3f} bpb) | lr {lr:.2e}", flush=True)
+        if not math.isfinite(loss):
+            raise Diverged(f"non-finite validation loss at step {step}")
+
+    @torch.no_grad()
+    def layer_stats(self, step: int, st: dict, snapshot: tuple[dict, dict], layers: dict) -> None:
+        grads, before = snapshot
+        for row in st["residual"]:
+            for k in ("mean", "std", "rms"):
+                self.record(step, "layer", f"resid_{k}", row[k], row["layer"], row["site"])
+            self.record(step, "layer", "resid_maxabs", max(abs(row["min"]), abs(row["max"])), row["layer"], row["site"])
+        for i, v in enumerate(st["attn_logit_max"]):
+            self.record(step, "layer", "attn_logit_max", v, i)
+        for i, ps in layers.items():
+            self.record(step, "layer", "grad_norm", grads[i], i)
+            delta = vector_norm([p - b for p, b in zip(ps, before[i])])
+            self.record(step, "layer", "update_ratio", delta / max(vector_norm(before[i]), 1e-30), i)
+        self.record(step, "logits", "logz_mean", st["logz_mean"])
+        self.record(step, "logits", "logz_max", st["logz_max"])
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def metrics(self, model, device, dtype, compiled: bool, peak: dict, data) -> dict:
+        cfg, tc, st = self.cfg, self.tc, self.state
+        vals = [h for h in st["history"] if h[1] == "val" and h[2] == "loss"]
+        final = vals[-1][5] if vals else float("nan")
+        diverged = st["diverged"] is not None
+        tps = st["timed_tokens"] / st["timed_seconds"] if st["timed_seconds"] > 0 else float("nan")
+        fpt = flops_per_token(cfg.model, cfg.model.context_length)
+        params = count_params(model)
+        return sanitize({
+            "variant": cfg.variant, "seed": cfg.seed, "lr": tc.lr,
+            "status": "diverged" if diverged else "ok",
+            "final_val_loss": float("nan") if diverged else final,
+            "final_val_bpb": float("nan") if diverged else self.bpb(final),
+            "last_val_loss": final,
+            "best_val_loss": st["best_val"], "best_val_bpb": self.bpb(st["best_val"]),
+            "init_loss": self.init_loss,
+            "diverged": diverged,
+            "diverged_step": st["diverged"]["step"] if diverged else None,
+            "diverged_reason": st["diverged"]["reason"] if diverged else None,
+            "divergence_rule": f"non-finite loss, or EMA({tc.divergence_ema}) train loss > ln(vocab) + "
+                               f"{tc.divergence_margin} for {tc.divergence_patience} consecutive checks "
+                               f"(every {tc.log_every} steps)",
+            "steps_done": st["step"],
+            "tokens_per_s": tps,
+            "throughput_note": f"steady state: steps >= {tc.timing_warmup_steps}, excluding evaluation and "
+                               "statistics steps, device synchronised",
+            "flops_per_token": fpt,
+            "flops_convention": "PaLM (Chowdhery et al. 2022, App. B): 6N + 12*L*H*Q*T, N = matmul weights "
+                                "incl. the output projection",
+            "peak_flops": peak["flops"], "peak_flops_source": peak["key"],
+            "mfu": tps * fpt / peak["flops"] if math.isfinite(tps) else float("nan"),
+            "peak_mem_mb": dev.peak_memory_mb(device),
+            "params": params["total"], "nonembed_params": params["nonembed"],
+            "tokens_seen": st["step"] * tc.batch_size * cfg.model.context_length,
+            "wall_time_s": st["wall"],
+            "resumed_segments": st["segments"],
+            "config": cfg.to_dict(),
+            "provenance": {
+                "git_commit": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
+                "device": dev.device_name(device), "device_type": device.type,
+                "dtype": str(dtype).removeprefix("torch."), "compiled": compiled,
+                "threads": torch.get_num_threads(),
+                "data_key": data.folder.name, "text_sha256": data.meta["text_sha256"],
+                "tokenizer_sha256": data.meta["tokenizer_sha256"],
+                "train_tokens_sha256": data.meta["train"]["sha256"],
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st["started"])),
+                "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "host": os.uname().nodename,
+            },
+        })
+
+    def history_table(self):
+        """The long-format history as a pyarrow table (a train job does not import pandas)."""
+        import pyarrow as pa
+
+        cols = list(zip(*self.state["history"])) or [()] * len(HISTORY_COLUMNS)
+        types = (pa.int64(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.float64())
+        return pa.table({name: pa.array(col, type=t) for name, col, t in zip(HISTORY_COLUMNS, cols, types)})
