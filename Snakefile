@@ -1,6 +1,8 @@
 # archbench: data → train → aggregate → figures → claims.
 #
-#   snakemake --cores all                                   # the default CPU grid (config/config.yaml)
+#   snakemake --cores all                                   # the default CPU grid (config/config.yaml),
+#                                                           # with profiles/default (= workflows/profiles/default)
+#   snakemake --cores all --sdm conda                       # every rule in environment.yml's conda env
 #   snakemake --cores all --configfile config/paper.yaml    # the paper-scale grid (GPU)
 #   snakemake --workflow-profile workflows/profiles/gpu     # several jobs share one GPU
 #   snakemake --report results/report.html                  # figures with captions, one HTML file

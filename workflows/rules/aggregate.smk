@@ -6,13 +6,15 @@ TABLES = [f"{RESULTS}/{name}" for name in
 rule aggregate:
     input:
         grid=f"{RESULTS}/grid.json",
-        metrics=run_files("metrics.json"),
-        history=run_files("history.parquet"),
+        jobs=job_dirs(),  # each train job's folder of runs (lr<lr>/metrics.json, history.parquet)
     output:
         TABLES,
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        "../../environment.yml"
     params:
         runs=lambda w: " ".join(run_dirs()),
+        out=lambda w, output: os.path.dirname(output[0]),  # RESULTS
     shell:
-        "{PY} -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {RESULTS} > {log} 2>&1"
+        "python -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {params.out} > {log} 2>&1"

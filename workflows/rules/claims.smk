@@ -24,6 +24,8 @@ rule probe:
         f"{RESULTS}/probes/{{probe}}.parquet",
     log:
         f"{LOGS}/probes/{{probe}}.log",
+    conda:
+        "../../environment.yml"
     wildcard_constraints:
         probe="|".join(PROBE_NAMES) or "none",
     threads: 1
@@ -31,9 +33,10 @@ rule probe:
         cfg=shlex.quote(json.dumps({"model": config.get("model", {}), "data": config["data"],
                                     "probes": CLAIMS_CFG.get("probes", {})}, sort_keys=True)),
         arms=lambda w: shlex.quote(json.dumps(PROBE_SPECS[w.probe].get("arms") or {}, sort_keys=True)),
+        work=lambda w, input: work_of(input.data),
     shell:
-        "{PY} -m workflows.probes --probe {wildcards.probe} --config-json {params.cfg} --arms-json {params.arms}"
-        " --out {output} --work {WORK} --threads {threads} > {log} 2>&1"
+        "python -m workflows.probes --probe {wildcards.probe} --config-json {params.cfg} --arms-json {params.arms}"
+        " --out {output} --work {params.work} --threads {threads} > {log} 2>&1"
 
 
 rule claims:
@@ -52,10 +55,12 @@ rule claims:
         pdf=f"{FIGURES}/claims.pdf",
     log:
         f"{LOGS}/claims.log",
+    conda:
+        "../../environment.yml"
     params:
         grids=" ".join(shlex.quote(g) for g in CLAIMS_GRIDS),
         seed=_BOOT_SEED,  # shown in the caption
     shell:
-        "{PY} -m workflows.claims --registry {input.registry} --runs {input.runs} --grid {input.grid}"
+        "python -m workflows.claims --registry {input.registry} --runs {input.runs} --grid {input.grid}"
         " --probes {input.probes} --grids {params.grids} --csv {output.csv} --md {output.md}"
         " --figure {output.png} > {log} 2>&1"

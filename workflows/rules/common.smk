@@ -4,10 +4,15 @@ import os
 import shlex
 import sys
 
-# jobs run `python -m workflows.*` from the working directory: make the repo importable there too
+# jobs run `python -m workflows.*` from the working directory: make the repo importable there too, and
+# `python` the interpreter running Snakemake (as activating its venv would); with `--sdm conda` each
+# job activates the rule's conda env (environment.yml) first, whose `python` then comes first instead.
 REPO = os.path.dirname(os.path.abspath(workflow.main_snakefile))
 sys.path.insert(0, REPO)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    PATH=os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")])),
+)
 
 from snakemake.utils import validate
 
@@ -21,12 +26,12 @@ try:
 except ValueError as e:  # ConfigError / DataError: name the field, run nothing
     raise WorkflowError(f"invalid config: {e}") from None
 
-PY = shlex.quote(sys.executable)
 RESULTS, FIGURES, WORK, LOGS = config["results"], config["figures"], config["work"], config["logs"]
 DATA_KEY = DataConfig.from_dict(config["data"]).key()
 DATA_META = f"{WORK}/data/{DATA_KEY}/meta.json"
 PEAK_FLOPS = f"{WORK}/device/peak_flops.json"
-RUN_DIR = RESULTS + "/runs/{variant}/seed{seed}/lr{lr}"
+JOB_DIR = f"{RESULTS}/runs/{{variant}}/seed{{seed}}"  # one train job: its runs are JOB_DIR/lr<lr>/
+RUN_DIR = f"{JOB_DIR}/lr{{lr}}"
 
 wildcard_constraints:
     variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -37,6 +42,16 @@ wildcard_constraints:
 def repo_path(path):
     """A config path as given if it exists from the working directory, else relative to the repo."""
     return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO, path)
+
+
+def work_of(data_meta):
+    """The work folder WORK of the corpus's DATA_META (WORK/data/KEY/meta.json): rules take it from
+    their own input or output (`lambda w, input: work_of(input.data)`), not from a global."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(data_meta)))
+
+
+def job_dirs():
+    return [JOB_DIR.format(variant=v, seed=s) for v, s in GRID.jobs()]
 
 
 def run_dirs():

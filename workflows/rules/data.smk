@@ -6,10 +6,15 @@ rule grid:
     """What aggregate, figures and claims need to know about the grid (order, baseline, families)."""
     output:
         f"{RESULTS}/grid.json",
+    log:
+        f"{LOGS}/grid.log",
+    conda:
+        "../../environment.yml"
     params:
         summary=shlex.quote(json.dumps(GRID.summary())),
     shell:
-        "{PY} -c 'import sys; from workflows.io import write_text; write_text(sys.argv[1], sys.argv[2])' {output} {params.summary}"
+        "python -c 'import sys; from workflows.io import write_text; write_text(sys.argv[1], sys.argv[2])' {output} {params.summary}"
+        " > {log} 2>&1"
 
 
 rule tokens:
@@ -18,10 +23,13 @@ rule tokens:
         DATA_META,
     params:
         data=shlex.quote(json.dumps(config["data"], sort_keys=True)),
+        work=lambda w, output: work_of(output[0]),
     log:
         f"{LOGS}/data/{DATA_KEY}.log",
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} -m workflows.data --json {params.data} --work {WORK} > {log} 2>&1"
+        "python -m workflows.data --json {params.data} --work {params.work} > {log} 2>&1"
 
 
 rule peak_flops:
@@ -33,5 +41,7 @@ rule peak_flops:
         gpu=1 if config.get("gpu_mem_mb") else 0,
     log:
         f"{LOGS}/device/peak_flops.log",
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} -m workflows.device --out {output} --threads {threads} > {log} 2>&1"
+        "python -m workflows.device --out {output} --threads {threads} > {log} 2>&1"

@@ -20,9 +20,13 @@ rule figures:
         [f"{FIGURES}/{name}.pdf" for name in FIGURE_NAMES],
     log:
         f"{LOGS}/figures.log",
+    conda:
+        "../../environment.yml"
     params:
         names=" ".join(FIGURE_NAMES),
         seed=BOOTSTRAP_SEED,  # shown in the captions
+        results=lambda w, input: os.path.dirname(input.runs),  # RESULTS
+        out=lambda w, output: os.path.dirname(output[0]),  # FIGURES
     shell:
-        "{PY} -m workflows.figures --results {RESULTS} --grid {input.grid} --out {FIGURES} --only {params.names}"
+        "python -m workflows.figures --results {params.results} --grid {input.grid} --out {params.out} --only {params.names}"
         " > {log} 2>&1"
