@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -335,9 +336,15 @@ def test_probe_by_depth():
 def test_probe_reduce_and_slope():
     red = {"kind": "probe", "probe": "p", "arm": "a", "metric": "m", "reduce": "max", "direction": "at_most",
            "threshold": 1.5}
-    tab = probe_table("a", "m", {1: [1.0, 1.1, 1.05], 24: [1.4, 1.45, 1.35]})
+    tab = probe_table("a", "m", {1: [1.0, 1.1, 1.05], 24: [1.4, 1.41, 1.39]})
     row = check_rows(red, probes=tab).iloc[0]
     assert row.verdict == "holds" and row.effect == pytest.approx(1.4)
+    # the interval: per-depth t intervals at level 1 − 0.05/2 (Bonferroni over 2 depths), reduced by max
+    half = stats.t.ppf(1 - 0.025 / 2, 2) * 0.01 / math.sqrt(3)
+    assert (row.ci_low, row.ci_high) == pytest.approx((1.4 - half, 1.4 + half))
+    # three seeds spread ±0.05: the honest interval reaches past 1.5
+    tab = probe_table("a", "m", {1: [1.0, 1.1, 1.05], 24: [1.4, 1.45, 1.35]})
+    assert verdict(red, probes=tab) == "inconclusive"
     tab = probe_table("a", "m", {1: [1.0, 1.1, 1.05], 24: [3.0, 3.1, 2.9]})
     assert verdict(red, probes=tab) == "contradicted"
     slope = {"kind": "probe", "probe": "p", "arm": "a", "metric": "m", "stat": "loglog_slope", "direction": "below",

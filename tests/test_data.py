@@ -1,5 +1,7 @@
-"""Data: markdown stripping, play split, local files through `datasets`, tokenizers, token files."""
+"""Data: markdown stripping, play split, local files through `datasets`, tokenizers, token files, the
+training split's unigram entropy in meta.json."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -94,3 +96,42 @@ def test_batches_are_pure_functions_of_seed_and_step():
     x1, _ = D.val_windows(tokens, 16, 8)
     x2, _ = D.val_windows(tokens, 16, 8)
     assert torch.equal(x1, x2) and x1.shape == (8, 16)
+
+
+def test_unigram_entropy_by_hand():
+    # "aab": p(a) = 2/3, p(b) = 1/3 → H = ln 3 − (2/3) ln 2 = 0.636514168 nats
+    h, bpb = D.unigram_entropy(list(b"aab"), n_bytes=3)
+    assert h == pytest.approx(math.log(3) - 2 / 3 * math.log(2), rel=1e-12)
+    assert h == pytest.approx(0.636514168294813, rel=1e-12)
+    assert bpb == pytest.approx(h / math.log(2))  # bytes tokenizer: one token per byte
+    h2, bpb2 = D.unigram_entropy([7, 7, 9, 9], n_bytes=8)  # 2 tokens of 2 bytes each → ln 2 / token
+    assert h2 == pytest.approx(math.log(2)) and bpb2 == pytest.approx(0.5)  # 1 bit/token over 2 bytes
+    assert D.unigram_entropy([5, 5, 5], 3) == (0.0, 0.0)
+    assert math.isnan(D.unigram_entropy([1, 2], None)[1])
+
+
+def test_meta_records_the_train_unigram_entropy(tmp_path, work):
+    src = tmp_path / "tiny.txt"
+    src.write_text("abracadabra " * 50)
+    cfg = D.DataConfig(source=str(src))
+    key = cfg.key()
+    data = D.prepare(cfg, work)
+    assert data.folder.name == key  # the cache key does not depend on meta.json's content
+    train = bytes(np.asarray(data.train).tolist())
+    counts = {b: train.count(bytes([b])) for b in set(train)}
+    ref = -sum(c / len(train) * math.log(c / len(train)) for c in counts.values())
+    m = json.loads((data.folder / "meta.json").read_text())["train"]
+    assert m["unigram_entropy_nats_per_token"] == pytest.approx(ref, rel=1e-12)
+    assert m["unigram_entropy_bits_per_byte"] == pytest.approx(ref / math.log(2), rel=1e-12)  # bytes: same
+    assert D.train_unigram_entropy(data.folder / "meta.json") == pytest.approx(
+        {"nats_per_token": ref, "bits_per_byte": ref / math.log(2)})
+    # a cache written before the field existed: computed from train.bin, meta.json left as it is
+    meta_path = data.folder / "meta.json"
+    old = json.loads(meta_path.read_text())
+    for k in ("unigram_entropy_nats_per_token", "unigram_entropy_bits_per_byte"):
+        del old["train"][k]
+    meta_path.write_text(json.dumps(old))
+    before = meta_path.read_bytes()
+    assert D.train_unigram_entropy(meta_path)["nats_per_token"] == pytest.approx(ref, rel=1e-12)
+    assert meta_path.read_bytes() == before
+    assert D.prepare(cfg, work).folder == data.folder  # still a valid cache (no rebuild needed)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
 
-from workflows import figures
+from workflows import claims, figures, scale
 from workflows.aggregate import summarise
 
 L0 = math.log(256)
+UNIGRAM = 2.66  # the synthetic training split's unigram entropy (nats/token)
 STEPS, STATS_EVERY, EVAL_EVERY, N_LAYERS = 40, 10, 20, 2
 
 
@@ -53,7 +55,8 @@ def history(v, seed, lr, diverge_at, parallel, rng, stats=True):
                          (step, "layer", "update_ratio", i, "", 1e-3 * lr)]
             rows += [(step, "logits", "logz_mean", -1, "", 5.0), (step, "logits", "logz_max", -1, "", 6.0)]
     for step in range(0, end + 1, EVAL_EVERY):
-        val = 2.55 + quality + (L0 - 2.5) * math.exp(-step / 6) if step < end or diverge_at is None else float("nan")
+        tau = 6 if v in ("baseline", "post_norm") else 3  # the others have converged by the end (flags differ)
+        val = 2.55 + quality + (L0 - 2.5) * math.exp(-step / tau) if step < end or diverge_at is None else float("nan")
         rows.append((step, "val", "loss", -1, "", val))
     h = pd.DataFrame(rows, columns=["step", "kind", "metric", "layer", "site", "value"])
     h.insert(0, "lr", lr)
@@ -79,12 +82,15 @@ def write_results(root, grid, diverge: dict, stats=True):
                              "final_val_loss": math.nan if dv else float(val.iloc[-1]), "init_loss": L0,
                              "tokens_per_s": (math.nan if dv == 3 else 1000.0 * (1 + 0.1 * rng.random())
                                               * (0.8 if v != "baseline" else 1.0)),
-                             "mfu": 0.1, "params": 1000, "nonembed_params": 800, "device": "synthetic CPU"})
+                             "mfu": 0.1, "params": 1000 if v == "baseline" else 1000 + 10 * len(v),
+                             "nonembed_params": 800, "device": "synthetic CPU", "steps": STEPS,
+                             "tokens_seen": 64 * (dv or STEPS)})
     runs = pd.DataFrame(rows)
+    hist = pd.concat(hists, ignore_index=True)
     root.mkdir(parents=True, exist_ok=True)
     runs.to_parquet(root / "runs.parquet", index=False)
-    pd.concat(hists, ignore_index=True).to_parquet(root / "history.parquet", index=False)
-    summarise(runs, grid).to_csv(root / "summary.csv", index=False)
+    hist.to_parquet(root / "history.parquet", index=False)
+    summarise(runs, grid, hist, UNIGRAM).to_csv(root / "summary.csv", index=False)
     (root / "grid.json").write_text(json.dumps(grid))
     return root
 
@@ -178,3 +184,123 @@ def test_rule_declares_every_figure_with_a_caption():
     for name in names:
         assert (root / "report" / f"{name}.rst").read_text().strip(), name
     assert (root / "report" / "workflow.rst").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the scale subtitle, the unigram reference line and the flag marks
+# ------------------------------------------------------------------------------------------------
+def test_scale_line():
+    runs = pd.DataFrame({"variant": ["baseline", "baseline", "wide", "wide"], "params": [1000, 1000, 900, 1200],
+                         "tokens_seen": [5120, 2048, 5120, 5120], "seed": [0, 1, 0, 2], "device": ["X"] * 4})
+    assert scale.scale_line(runs, "baseline") == ("scale: 1k params (baseline; 900–1.2k over variants) · "
+                                                  "5.12k training tokens per run · 3 seeds · device: X")
+    one = runs[runs.variant == "baseline"].drop(columns="device")
+    assert scale.scale_line(one, "baseline") == ("scale: 1k params (baseline) · 5.12k training tokens per run · "
+                                                 "2 seeds · device: unknown")
+    assert scale.scale_line(runs, "nope").startswith("scale: 900–1.2k params ·")
+    assert scale.scale_line(None) == "scale: no training runs"
+    assert scale.scale_of(runs) == ("900–1.2k", "5.12k")
+
+
+def _subtitle(fig):
+    subs = [t for t in fig.texts if t.get_gid() == scale.SUBTITLE_GID]
+    assert len(subs) == 1
+    return subs[0]
+
+
+def _assert_below_title_above_axes(fig, sub):
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = sub.get_window_extent(r)
+    if fig._suptitle is not None:
+        assert box.y1 <= fig._suptitle.get_window_extent(r).y0 + 0.5, "subtitle overlaps the title"
+    for ax in fig.axes:
+        if ax.get_visible():
+            assert box.y0 >= ax.get_tightbbox(r).y1 - 0.5, "subtitle overlaps an axes"
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """Data of a full synthetic grid with the unigram entropy known."""
+    res = write_results(tmp_path_factory.mktemp("res"), make_grid(FULL), {("post_norm", 0.1): 12})
+    d = figures.load(res, res / "grid.json")
+    d.unigram_entropy = UNIGRAM
+    return d
+
+
+@pytest.mark.parametrize("name", list(figures.FIGURES))
+def test_every_figure_has_a_scale_subtitle(drawn, name):
+    import matplotlib.pyplot as plt
+
+    fig = figures.draw(name, drawn)
+    sub = _subtitle(fig)
+    text = sub.get_text()
+    assert text == scale.scale_line(drawn.runs, "baseline")
+    assert "1k params (baseline; 1k–1.11k over variants)" in text and "2.56k training tokens per run" in text
+    assert "2 seeds" in text and "device: synthetic CPU" in text
+    _assert_below_title_above_axes(fig, sub)
+    plt.close(fig)
+
+
+def _unigram_lines(ax):
+    return [ln for ln in ax.get_lines() if ln.get_gid() == figures.UNIGRAM_GID]
+
+
+@pytest.mark.parametrize("name", ["loss_vs_lr", "loss_curves"])
+def test_loss_figures_draw_the_unigram_entropy(drawn, name):
+    import matplotlib.pyplot as plt
+
+    fig = figures.FIGURES[name](drawn)
+    facets = [ax for ax in fig.axes if ax.get_visible()]
+    for ax in facets:
+        (line,) = _unigram_lines(ax)
+        assert np.allclose(line.get_ydata(), UNIGRAM)  # horizontal, at H₁
+        lo, hi = ax.get_ylim()
+        assert lo < UNIGRAM < hi
+        assert any(t.get_gid() == figures.UNIGRAM_GID and "2.66" in t.get_text() for t in ax.texts)  # labelled
+    legend_texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert any("unigram entropy" in t and "2.66" in t for t in legend_texts)
+    plt.close(fig)
+    drawn.unigram_entropy = math.nan  # unknown: no line, no legend entry
+    try:
+        fig = figures.FIGURES[name](drawn)
+        assert not any(_unigram_lines(ax) for ax in fig.axes)
+        assert not any("unigram" in t.get_text() for leg in fig.legends for t in leg.get_texts())
+        plt.close(fig)
+    finally:
+        drawn.unigram_entropy = UNIGRAM
+
+
+def test_loss_by_variant_marks_flags_and_draws_the_unigram_entropy(drawn):
+    import matplotlib.pyplot as plt
+
+    s = drawn.summary.set_index("variant")
+    fig = figures.FIGURES["loss_by_variant"](drawn)
+    a1 = fig.axes[0]
+    (line,) = _unigram_lines(a1)
+    assert np.allclose(line.get_xdata(), UNIGRAM)  # the loss axis is x here
+    labels = [t.get_text() for t in a1.get_yticklabels()]
+    for v, label in zip(drawn.order, labels):
+        want = "".join(m for c, m in figures.FLAGS.items() if str(s.loc[v, c]) == "True")
+        assert label == (f"{v} {want}" if want else v)
+    assert any(label.endswith("†") or "†" in label for label in labels)  # best LR 0.01 = the grid's edge
+    legend_texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    for mark in ("†", "↗", "≈"):
+        assert any(t.startswith(mark) for t in legend_texts), legend_texts
+    assert any("unigram entropy" in t for t in legend_texts)
+    plt.close(fig)
+
+
+def test_claims_figure_has_the_scale_subtitle(drawn):
+    import matplotlib.pyplot as plt
+
+    registry = Path(__file__).resolve().parents[1] / "config" / "claims.yaml"
+    df = claims.evaluate(registry, claims.Evidence(drawn.runs, {}))
+    fig = claims.forest_figure(df, drawn.runs, "baseline")
+    sub = _subtitle(fig)
+    assert sub.get_text() == scale.scale_line(drawn.runs, "baseline")
+    _assert_below_title_above_axes(fig, sub)
+    plt.close(fig)
+    fig = claims.forest_figure(df, None)
+    assert _subtitle(fig).get_text().startswith("scale: no training runs")
+    plt.close(fig)

@@ -1,12 +1,27 @@
 """Aggregate: per-run outputs → tidy tables.
 
-    python -m workflows.aggregate --grid results/grid.json --runs RUN_DIR... --out results
+    python -m workflows.aggregate --grid results/grid.json --runs RUN_DIR... --out results \
+        [--data-meta WORK/data/KEY/meta.json]
 
 Writes ``runs.csv``/``runs.parquet`` (one row per run, one column per model axis), ``history.parquet``
 (every run's long-format history with variant/seed/lr), and ``summary.csv``/``.md``/``.tex`` (one row
-per variant: loss at its best LR with a 95% bootstrap CI over seeds, Δ vs the baseline paired by seed,
-divergence k/n with a Wilson 95% interval, Wortsman LR sensitivity, median tokens/s and its ratio to
-the baseline, parameters).
+per variant: loss at its best LR with a 95% Student-t interval over seeds, Δ vs the baseline paired by
+seed with a 95% Student-t interval over the paired differences (Welch's t interval when no seed is
+shared), divergence k/n with a Wilson 95% interval, Wortsman LR sensitivity, median tokens/s and its
+ratio to the baseline, parameters).
+
+Guards against citing noise — three flags per variant in ``summary.csv`` (``workflows.flags``, also stated
+under the table in ``summary.md``):
+
+- ``best_lr_at_edge``: the variant's best LR is the smallest or the largest LR it was run at (the
+  optimum may lie outside the grid; true when it ran a single LR).
+- ``still_improving``: at the best LR, the mean over seeds of the validation loss fell, over the last
+  10% of training, by more than 2% of its total drop from ℓ0 = ln(vocab): with s90 the latest
+  evaluation step ≤ 0.9·steps, ℓ(s90) − ℓ(steps) > 0.02 · (ℓ0 − ℓ(steps)), means over the seeds with
+  a finite validation loss at both steps. NaN without an evaluation at the last step or at/before s90.
+- ``on_plateau``: the best mean final loss is within 0.1 nats of the training split's unigram entropy
+  (the loss of predicting token frequencies alone; from the data ``meta.json``, ``--data-meta``):
+  |loss − H₁| ≤ 0.1. NaN without ``--data-meta`` or without a finite loss.
 """
 from __future__ import annotations
 
@@ -21,6 +36,9 @@ import pandas as pd
 from models import ModelConfig
 
 from . import stats
+from .data import train_unigram_entropy
+from .flags import (FLAG_RULES, FLAGS, best_lr_at_edge, flag_marks, on_plateau,
+                    still_improving)
 from .io import atomic_path, write_csv, write_parquet, write_text
 
 AXES = ["norm_position", "norm", "bias", "ffn", "block", "n_heads", "n_kv_heads", "attention", "position",
@@ -82,7 +100,11 @@ def best_lr_table(runs: pd.DataFrame) -> pd.DataFrame:
                                                              n=("seed", "size"), k_div=("diverged", "sum"))
 
 
-def summarise(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = None,
+              unigram_entropy: float = math.nan) -> pd.DataFrame:
+    """One row per variant (see the module docstring); ``history`` (long format, with variant/seed/lr) is
+    needed for ``still_improving`` and ``unigram_entropy`` (nats/token) for ``on_plateau``; without
+    them those flags are NaN."""
     baseline = grid["baseline"]
     per_lr = best_lr_table(runs)
     best = per_lr.loc[per_lr.groupby("variant").score.idxmin()].set_index("variant")
@@ -92,6 +114,9 @@ def summarise(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
         r = runs[(runs.variant == v) & (runs.lr == best.loc[v, "lr"])]
         return dict(zip(r.seed, r.final_val_loss.astype(float)))
 
+    val_hist = None
+    if history is not None and len(history):
+        val_hist = history[(history.kind == "val") & (history.metric == "loss")]
     base_tps = runs[runs.variant == baseline].tokens_per_s.median() if baseline in set(runs.variant) else math.nan
     base_at_best = at_best(baseline) if baseline in best.index else {}
     rows = []
@@ -106,6 +131,14 @@ def summarise(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
         stable = r.groupby("lr").diverged.sum()
         stable = stable[stable == 0]
         tps = r.tokens_per_s.median()
+        at = r[np.isclose(r.lr.astype(float), float(best.loc[v, "lr"]), rtol=1e-9, atol=0)]
+        if val_hist is not None:
+            hv = val_hist[(val_hist.variant == v) & np.isclose(val_hist.lr.astype(float), float(best.loc[v, "lr"]),
+                                                                rtol=1e-9, atol=0)]
+            steps = float(at.steps.max()) if "steps" in at.columns else math.nan
+            improving = still_improving(hv[["seed", "step", "value"]], steps, float(r.init_loss.iloc[0]))
+        else:
+            improving = math.nan
         rows.append({
             "variant": v, "family": grid["variants"][v].get("family", ""), "runs": n,
             "seeds": r.seed.nunique(), "lrs": r.lr.nunique(), "best_lr": best.loc[v, "lr"],
@@ -117,8 +150,15 @@ def summarise(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
             "max_stable_lr": float(stable.index.max()) if len(stable) else math.nan,
             "tokens_per_s": tps, "speed_ratio": tps / base_tps if base_tps else math.nan,
             "mfu": r.mfu.median(), "params": int(r.params.iloc[0]), "nonembed_params": int(r.nonembed_params.iloc[0]),
+            "best_lr_at_edge": best_lr_at_edge(float(best.loc[v, "lr"]), r.lr.unique()),
+            "still_improving": improving,
+            "on_plateau": on_plateau(mean, unigram_entropy),
         })
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if len(out):
+        for col in FLAGS:  # True / False / <NA> (not decidable)
+            out[col] = out[col].astype("boolean")
+    return out
 
 
 def markdown_summary(s: pd.DataFrame) -> str:
@@ -128,7 +168,7 @@ def markdown_summary(s: pd.DataFrame) -> str:
         return f.format(m) + (f" [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo) else "")
 
     t = pd.DataFrame({
-        "variant": s.variant,
+        "variant": [f"{v} {m}" if m else v for v, m in zip(s.variant, (flag_marks(r) for _, r in s.iterrows()))],
         "best LR": s.best_lr.map("{:g}".format),
         "final loss [95% CI]": [ci(*x) for x in zip(s.final_loss, s.final_loss_ci_low, s.final_loss_ci_high)],
         "Δ vs baseline [95% CI]": [ci(*x, f="{:+.3f}") for x in zip(s.delta_vs_baseline, s.delta_ci_low, s.delta_ci_high)],
@@ -142,23 +182,43 @@ def markdown_summary(s: pd.DataFrame) -> str:
     return t.to_markdown(index=False)
 
 
-def aggregate(run_dirs: list[Path], grid: dict, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def markdown_notes(unigram: dict | None) -> str:
+    """The legend of the marks and the rule of each flag, for under the table."""
+    lines = ["Marks: " + ", ".join(f"{mark} {FLAG_RULES[col].split(':')[0]}" for col, mark in FLAGS.items())
+             + " (columns " + ", ".join(f"`{c}`" for c in FLAGS) + " of summary.csv; empty where not decidable).", ""]
+    for col, mark in FLAGS.items():
+        name, rule = FLAG_RULES[col].split(": ", 1)
+        lines.append(f"- {mark} `{col}` ({name}): {rule}.")
+    if unigram and np.isfinite(unigram.get("nats_per_token", math.nan)):
+        lines.append(f"\nUnigram entropy of the training split: {unigram['nats_per_token']:.3f} nats/token "
+                     f"({unigram['bits_per_byte']:.3f} bits/byte).")
+    else:
+        lines.append("\nUnigram entropy of the training split: not given (run with `--data-meta`), so "
+                     "`on_plateau` is not decided.")
+    return "\n".join(lines)
+
+
+def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None = None
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the tables; ``unigram``: the training split's unigram entropy
+    ({"nats_per_token", "bits_per_byte"}, ``workflows.data.train_unigram_entropy``) for ``on_plateau``."""
     rows, hists = zip(*(run_row(Path(d), grid) for d in run_dirs))
     runs = pd.DataFrame(rows)
     order = {v: i for i, v in enumerate(grid["order"])}
     runs = runs.sort_values(["variant", "lr", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
     runs = runs.reset_index(drop=True)
     history = pd.concat(hists, ignore_index=True)
-    summary = summarise(runs, grid)
+    summary = summarise(runs, grid, history, (unigram or {}).get("nats_per_token", math.nan))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "runs.csv", runs)
     write_parquet(out / "runs.parquet", runs)
     write_parquet(out / "history.parquet", history)
     write_csv(out / "summary.csv", summary)
-    header = (f"Per variant at its best LR (lowest mean final validation loss over seeds, diverged runs counted "
-              f"as ln(vocab)); 95% CIs: percentile bootstrap over seeds (seed {stats.BOOTSTRAP_SEED}); "
-              f"Δ paired by seed; divergence: Wilson score interval over all runs of the variant.\n\n")
-    write_text(out / "summary.md", header + markdown_summary(summary) + "\n")
+    header = ("Per variant at its best LR (lowest mean final validation loss over seeds, diverged runs counted "
+              f"as ln(vocab)). Final loss: mean with a {stats.T_INTERVAL}; Δ vs baseline: paired by seed, "
+              f"{stats.PAIRED_T_INTERVAL}; divergence: Wilson 95% score interval over all runs of the variant."
+              "\n\n")
+    write_text(out / "summary.md", header + markdown_summary(summary) + "\n\n" + markdown_notes(unigram) + "\n")
     with atomic_path(out / "summary.tex") as tmp:
         tmp.write_text(summary.drop(columns=["family"]).to_latex(index=False, float_format="%.4g"))
     return runs, summary
@@ -169,9 +229,12 @@ def main(argv=None):
     p.add_argument("--grid", required=True, help="grid.json written by the pipeline (variants, order, baseline)")
     p.add_argument("--runs", nargs="+", required=True, help="run folders holding metrics.json + history.parquet")
     p.add_argument("--out", default="results")
+    p.add_argument("--data-meta", help="meta.json of the token files (WORK/data/KEY/meta.json): the training "
+                                       "split's unigram entropy for the on_plateau flag (absent: NaN)")
     args = p.parse_args(argv)
     grid = json.loads(Path(args.grid).read_text())
-    runs, summary = aggregate([Path(r) for r in args.runs], grid, Path(args.out))
+    unigram = train_unigram_entropy(args.data_meta) if args.data_meta else None
+    runs, summary = aggregate([Path(r) for r in args.runs], grid, Path(args.out), unigram)
     bad = runs[runs.status != "ok"]
     print(f"{len(runs)} runs ({len(bad)} diverged) of {runs.variant.nunique()} variants -> {args.out}/")
 

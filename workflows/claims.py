@@ -17,10 +17,22 @@ effect, its CI, the check's threshold or interval and its minimum evidence into 
   something else in this grid (``expect``).
 
 A claim holds when all its checks hold, is contradicted when any check is, is ``not run`` when all
-its checks are, and is inconclusive otherwise. CIs are percentile bootstraps over seeds
-(``workflows.stats``, fixed seed), paired by seed where both sides share seeds; divergence fractions
-use Wilson intervals. Nothing here is written by hand: the registry holds claims and thresholds, this
-module holds the arithmetic.
+its checks are, and is inconclusive otherwise.
+
+Intervals (``workflows.stats``; each kind's docstring says which it uses), all 95%:
+
+- a mean over seeds or over (seed, LR) pairs — metric/loss deltas, the mean log ratio of metric/speed
+  ratios, probe values per depth, per-seed log-log slopes: Student-t interval over seeds, over the
+  seed-paired differences where both sides share seeds (Welch's t interval where they share none);
+- a probe value reduced over depths (max/min of the seed means): Bonferroni-adjusted per-depth
+  Student-t intervals, reduced the same way;
+- a statistic of seed-mean curves that does not split into per-seed values — LR-sensitivity
+  difference, highest-stable-LR difference, spread: the union of a jackknife Student-t interval
+  over seeds and a BCa bootstrap over seeds (fixed seed ``stats.BOOTSTRAP_SEED``);
+- divergence fractions: Wilson score intervals (Newcombe's for a difference of two).
+
+Nothing here is written by hand: the registry holds claims and thresholds, this module holds the
+arithmetic.
 """
 from __future__ import annotations
 
@@ -37,6 +49,8 @@ import pandas as pd
 
 from . import stats
 from .io import atomic_path, write_csv, write_text
+from .scale import add_subtitle, scale_line, scale_of
+from .scale import human as _human
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "not run")
 DIRECTIONS = ("above", "below", "at_least", "at_most")
@@ -353,23 +367,6 @@ def best_lr(r: pd.DataFrame) -> float:
     return float(s.idxmin())
 
 
-def scale_of(*frames) -> tuple[str, str]:
-    def col(name):
-        return sorted({int(x) for f in frames if name in f.columns for x in f[name].dropna()})
-
-    params, tokens = col("params"), col("tokens_seen")
-    p = _human(params[0]) if len(params) == 1 else f"{_human(params[0])}–{_human(params[-1])}" if params else "—"
-    t = _human(tokens[-1]) if tokens else "—"
-    return p, t
-
-
-def _human(n: float) -> str:
-    for unit, k in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= k:
-            return f"{n / k:.3g}{unit}"
-    return f"{int(n)}"
-
-
 def _seed_sigma(*value_lists) -> float:
     v = [np.var([x for x in vals if np.isfinite(x)], ddof=1) for vals in value_lists
          if sum(np.isfinite(x) for x in vals) >= 2]
@@ -389,9 +386,10 @@ def _device_check(m: Measure, c: dict, *frames) -> None:
                            + (sorted(names)[0] if names else "an unknown device"))
 
 
-def _boot_seeds(n: int, stat) -> tuple[float, float]:
-    """Bootstrap CI of ``stat(seed_indices)`` resampling ``n`` seeds (workflows.stats.bootstrap_ci)."""
-    return stats.bootstrap_ci(np.arange(n, dtype=float), stat=lambda ix: stat(ix.astype(int)))
+def _seed_stat_ci(n: int, stat) -> tuple[float, float]:
+    """95% interval of ``stat(seed_indices)``, a statistic of n seeds that is not a mean of per-seed values:
+    the union of the jackknife Student-t interval and the BCa bootstrap over seeds (``stats.seed_ci``)."""
+    return stats.seed_ci(n, stat)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,12 +416,15 @@ def _paired_values(ev: Evidence, c: dict, metric: str, transform=None):
 
 
 def k_metric_delta(ev: Evidence, c: dict) -> list[Measure]:
+    """Mean of treatment − control of a run metric, paired by seed (at: best, each side at its own best LR)
+    or by (seed, LR) (at: each); Student-t interval over the paired differences, Welch's t interval over
+    the two sides when no pair is shared (``stats.paired_delta``)."""
     metric = c.get("metric", "final_val_loss")
     t, k, tv, kv = _paired_values(ev, c, metric)
     m = Measure()
     d, lo, hi, npair = stats.paired_delta(tv, kv)
     if npair == 0 and np.isfinite(d):
-        m.notes.append("no shared seeds: unpaired difference of means")
+        m.notes.append("no shared seeds: unpaired difference of means, Welch's t interval")
         npair = min(sum(np.isfinite(list(tv.values()))), sum(np.isfinite(list(kv.values()))))
     m.effect, m.lo, m.hi, m.n = d, lo, hi, npair
     m.sigma = _seed_sigma(list(tv.values()), list(kv.values()))
@@ -440,6 +441,9 @@ def k_metric_delta(ev: Evidence, c: dict) -> list[Measure]:
 
 
 def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
+    """Geometric mean of treatment / control over the pairs (by seed, or by (seed, LR) with at: each): the
+    exponentiated Student-t interval of the mean log ratio (a mean over pairs, so the t interval applies
+    on the log scale); deterministic checks: [min, max] of the ratios."""
     metric = c.get("metric", "tokens_per_s")
     t, k, tv, kv = _paired_values(ev, c, metric, c.get("transform"))
     shared = sorted(set(tv) & set(kv))
@@ -451,7 +455,7 @@ def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
         if c.get("deterministic"):
             m.lo, m.hi = math.exp(min(logs)), math.exp(max(logs))
         else:
-            lo, hi = stats.bootstrap_ci(logs)
+            _, lo, hi = stats.mean_ci(logs)
             m.lo, m.hi = math.exp(lo), math.exp(hi)
     if c.get("where") == "diverged" and not tv:
         m.short.append(f"no diverged run of {c['treatment']!r}")
@@ -467,6 +471,7 @@ def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
 
 
 def k_divergence_or_worse(ev: Evidence, c: dict) -> list[Measure]:
+    """Share of (seed, LR) pairs where the treatment diverged or ended ≥ worse_by nats worse; Wilson interval."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
     kk = {(int(r.seed), float(r.lr)): r for r in k.itertuples()}
     bad, n, seeds = 0, 0, set()
@@ -492,6 +497,7 @@ def k_divergence_or_worse(ev: Evidence, c: dict) -> list[Measure]:
 
 
 def k_divergence_delta(ev: Evidence, c: dict) -> list[Measure]:
+    """Divergence rate treatment − control over all runs; Newcombe's interval from the two Wilson intervals."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
     k1, n1, k2, n2 = int(t.diverged.sum()), len(t), int(k.diverged.sum()), len(k)
     p1, p2 = k1 / n1, k2 / n2
@@ -520,6 +526,10 @@ def _seed_lr_matrix(t: pd.DataFrame, k: pd.DataFrame, col_fn):
 
 
 def k_lr_sensitivity(ev: Evidence, c: dict) -> list[Measure]:
+    """LRS(treatment) − LRS(control) over the shared LR grid, LRS computed on the seed-mean loss curves
+    (Wortsman et al. 2023). The min over LRs and the cap at ℓ0 act on seed means, so the statistic does not
+    split into per-seed values: interval = union of the jackknife Student-t interval and the BCa bootstrap
+    over the shared seeds (``stats.seed_ci``)."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
     seeds, lrs, T, K = _seed_lr_matrix(t, k, score)
     l0t, l0k = float(t.init_loss.iloc[0]), float(k.init_loss.iloc[0])
@@ -534,7 +544,7 @@ def k_lr_sensitivity(ev: Evidence, c: dict) -> list[Measure]:
     if seeds and lrs:
         allix = np.arange(len(seeds))
         m.effect = effect(allix)
-        m.lo, m.hi = _boot_seeds(len(seeds), effect)
+        m.lo, m.hi = _seed_stat_ci(len(seeds), effect)
         m.notes.append(f"LRS {lrs_of(T, l0t, allix):.3f} vs {lrs_of(K, l0k, allix):.3f} over {len(lrs)} LRs")
     _need(m, "shared seeds", len(seeds), c["min_seeds"])
     _need(m, "shared LRs", len(lrs), c["min_lrs"])
@@ -543,6 +553,9 @@ def k_lr_sensitivity(ev: Evidence, c: dict) -> list[Measure]:
 
 
 def k_max_stable_lr(ev: Evidence, c: dict) -> list[Measure]:
+    """Grid steps between the largest LRs at which no seed diverged. "No seed diverged" is a property of
+    the set of seeds, not a per-seed value: interval = union of the jackknife Student-t interval and the
+    BCa bootstrap over the shared seeds (``stats.seed_ci``); zero-width when every subset agrees."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
     seeds, lrs, T, K = _seed_lr_matrix(t, k, lambda r: r.diverged.astype(float))
 
@@ -557,7 +570,7 @@ def k_max_stable_lr(ev: Evidence, c: dict) -> list[Measure]:
     if seeds and lrs:
         allix = np.arange(len(seeds))
         m.effect = effect(allix)
-        m.lo, m.hi = _boot_seeds(len(seeds), effect)
+        m.lo, m.hi = _seed_stat_ci(len(seeds), effect)
         name = lambda i: f"{lrs[i]:g}" if i >= 0 else "none"  # noqa: E731
         m.notes.append(f"highest stable LR {name(top(T, allix))} vs {name(top(K, allix))}")
         if top(K, allix) == len(lrs) - 1:
@@ -570,6 +583,9 @@ def k_max_stable_lr(ev: Evidence, c: dict) -> list[Measure]:
 
 
 def k_spread(ev: Evidence, c: dict) -> list[Measure]:
+    """max/min − 1 of the variants' seed-mean losses at their best LRs: a ratio of extremes of seed means,
+    not a mean of per-seed values; interval = union of the jackknife Student-t interval and the BCa
+    bootstrap over the shared seeds (``stats.seed_ci``)."""
     frames = [ev.variant(v, c) for v in c["variants"]]
     at = [f[f.lr == best_lr(f)] for f in frames]
     seeds = sorted(set.intersection(*(set(a.seed) for a in at)))
@@ -582,7 +598,7 @@ def k_spread(ev: Evidence, c: dict) -> list[Measure]:
     m = Measure(n=len(seeds))
     if seeds:
         m.effect = effect(np.arange(len(seeds)))
-        m.lo, m.hi = _boot_seeds(len(seeds), effect)
+        m.lo, m.hi = _seed_stat_ci(len(seeds), effect)
         if {"d_model", "n_layers"} <= set(frames[0].columns):
             m.notes.append("d_model/n_layers " + ", ".join(f"{int(f.d_model.iloc[0]) / int(f.n_layers.iloc[0]):.0f}"
                                                           for f in frames))
@@ -592,6 +608,10 @@ def k_spread(ev: Evidence, c: dict) -> list[Measure]:
 
 
 def k_probe(ev: Evidence, c: dict) -> list[Measure]:
+    """A probe metric of one arm: per depth (by: depth) or pooled, the mean over seeds with a Student-t
+    interval; stat: loglog_slope, the mean of the per-seed slopes with a Student-t interval; reduce:
+    max|min over depths of the seed means, with Bonferroni-adjusted per-depth t intervals reduced the
+    same way (``stats.extreme_mean_ci``). Deterministic checks: [min, max] of the values."""
     tab = ev.probe(c["probe"])
     tab = tab[tab.arm == c["arm"]]
     if tab.empty:
@@ -618,7 +638,7 @@ def k_probe(ev: Evidence, c: dict) -> list[Measure]:
             m.notes.append(f"{len(values) - len(v)} non-finite value(s)")
         if v:
             m.effect = float(np.mean(v))
-            m.lo, m.hi = (min(v), max(v)) if c.get("deterministic") else stats.bootstrap_ci(v)
+            m.lo, m.hi = (min(v), max(v)) if c.get("deterministic") else stats.mean_ci(v)[1:]
         _need(m, "seeds with finite values", m.n, 1 if c.get("deterministic") else c["min_seeds"])
         return m
 
@@ -636,14 +656,9 @@ def k_probe(ev: Evidence, c: dict) -> list[Measure]:
         return [m]
     if "reduce" in c:
         A = P.to_numpy(dtype=float)
-        red = np.max if c["reduce"] == "max" else np.min
-
-        def effect(ix):
-            return float(red(A[ix].mean(axis=0)))
-
         m = new(group=f"{c['reduce']} over L={depths[0]}–{depths[-1]}", n=int(np.isfinite(A).all(axis=1).sum()))
-        m.effect = effect(np.arange(len(A)))
-        m.lo, m.hi = (m.effect, m.effect) if c.get("deterministic") else _boot_seeds(len(A), effect)
+        m.effect, lo, hi = stats.extreme_mean_ci(A, c["reduce"])
+        m.lo, m.hi = (m.effect, m.effect) if c.get("deterministic") else (lo, hi)
         _need(m, "seeds", m.n, 1 if c.get("deterministic") else c["min_seeds"])
         return [m]
     return [summarise(rows.value.tolist(), new())]
@@ -732,8 +747,12 @@ def markdown(df: pd.DataFrame, grid: dict | None, runs: pd.DataFrame | None) -> 
     lines += [
         "Computed by `workflows/claims.py` from `runs.parquet` and `probes/*.parquet` against the registry "
         "`config/claims.yaml`; do not edit by hand. Effects are treatment − control (or treatment / control "
-        "for ratios, geometric mean) with 95% CIs: percentile bootstrap over seeds (paired by seed where both "
-        f"sides share seeds; seed {stats.BOOTSTRAP_SEED}), Wilson intervals for divergence fractions. A check "
+        "for ratios, geometric mean) with 95% CIs: a 95% Student-t interval over seeds for means (over the "
+        "seed-paired differences where both sides share seeds, Welch's t interval where they share none; on "
+        "the log scale for ratios); for a probe value reduced over depths, Bonferroni-adjusted per-depth t "
+        "intervals; for LR sensitivity, highest stable LR and spread (statistics of seed-mean curves), the "
+        "union of a jackknife Student-t interval and a BCa bootstrap over seeds "
+        f"(seed {stats.BOOTSTRAP_SEED}); Wilson intervals for divergence fractions. A check "
         "**holds** when its whole CI is on the claimed side of the threshold, is **contradicted** when its whole "
         "CI is on the other side, and is **inconclusive** when the CI straddles it or the evidence is below the "
         "check's minimum (seeds, LRs, depths, GPU runs for speed); **not run**: the grid lacks a variant it "
@@ -775,8 +794,23 @@ def markdown(df: pd.DataFrame, grid: dict | None, runs: pd.DataFrame | None) -> 
     return "\n".join(lines)
 
 
-def figure(df: pd.DataFrame, out_png: Path, out_pdf: Path | None = None) -> None:
-    """Forest plot: each check's effect and 95% CI against its 'holds' region, one panel per unit."""
+def figure(df: pd.DataFrame, out_png: Path, out_pdf: Path | None = None, runs: pd.DataFrame | None = None,
+           baseline: str | None = None) -> None:
+    """Write ``forest_figure`` as PNG (and PDF)."""
+    import matplotlib.pyplot as plt
+
+    fig = forest_figure(df, runs, baseline)
+    for path, fmt in ((out_png, "png"), (out_pdf, "pdf")):
+        if path is None:
+            continue
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150)
+    plt.close(fig)
+
+
+def forest_figure(df: pd.DataFrame, runs: pd.DataFrame | None = None, baseline: str | None = None):
+    """Forest plot: each check's effect and 95% CI against its 'holds' region, one panel per unit; the
+    subtitle states the scale of ``runs`` (``scale.scale_line``: params, tokens per run, seeds, device)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -838,12 +872,9 @@ def figure(df: pd.DataFrame, out_png: Path, out_pdf: Path | None = None) -> None
     if not_run:
         fig.text(0.01, 0.005, "not run on this grid: " + ", ".join(not_run), fontsize=7, color="#555555")
     fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    for path, fmt in ((out_png, "png"), (out_pdf, "pdf")):
-        if path is None:
-            continue
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150)
-    plt.close(fig)
+    add_subtitle(fig, scale_line(runs, baseline)
+                 + ("" if runs is not None and len(runs) else " (probe checks: scale in the scorecard)"))
+    return fig
 
 
 def load_probes(paths) -> dict:
@@ -891,7 +922,7 @@ def main(argv=None) -> int:
     write_text(args.md, markdown(df, grid, runs))
     if args.figure:
         png = Path(args.figure)
-        figure(df, png, png.with_suffix(".pdf"))
+        figure(df, png, png.with_suffix(".pdf"), runs, (grid or {}).get("baseline"))
     claims = df.drop_duplicates("claim")
     print(" ".join(f"{c}:{v}" for c, v in zip(claims.claim, claims.claim_verdict)))
     print(df.groupby("verdict").size().to_string())

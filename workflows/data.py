@@ -11,7 +11,11 @@ Sources (``data.source``):
   ``hf:HuggingFaceFW/fineweb-edu:sample-10BT``), streamed up to ``max_chars`` characters.
 Everything is loaded and tokenized with the ``datasets`` library, whose cache lives inside the
 project's work folder, then cached as flat uint16 token files plus ``meta.json`` (sha256 of the text,
-the tokenizer and each token file; token and byte counts).
+the tokenizer and each token file; token and byte counts; the training split's unigram entropy, the
+loss of a model that predicts every token from its training frequency alone, in nats/token and in
+bits/byte: ``meta["train"]["unigram_entropy_nats_per_token"]``, ``..._bits_per_byte``).
+The cache folder is keyed by the data config (``DataConfig.key``), never by meta.json's content;
+``unigram_entropy`` computes the entropy from ``train.bin`` for caches written before it was recorded.
 
 Tokenizers: ``bytes`` (UTF-8 bytes, vocab 256) and ``bpe`` (byte-level BPE trained with ``tokenizers``
 on the training split only). Losses are reported in nats/token and in bits per byte so they compare.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -318,6 +323,33 @@ def read_tokens(folder: Path) -> TokenData:
     return TokenData(arrays["train"], arrays["val"], meta, folder)
 
 
+def unigram_entropy(ids, n_bytes: int | None = None) -> tuple[float, float]:
+    """(nats per token, bits per byte) of the empirical unigram distribution of the token ids:
+    H = −Σ p log p over token frequencies p; bits/byte = H · tokens / bytes / ln 2 (NaN without bytes)."""
+    counts = np.bincount(np.asarray(ids, dtype=np.int64))
+    n = int(counts.sum())
+    if n == 0:
+        return math.nan, math.nan
+    p = counts[counts > 0] / n
+    h = float(-(p * np.log(p)).sum())
+    bpb = h * n / n_bytes / math.log(2) if n_bytes else math.nan
+    return h, bpb
+
+
+def train_unigram_entropy(meta_path: str | os.PathLike) -> dict:
+    """{"nats_per_token", "bits_per_byte"} of the training split of the token folder holding ``meta_path``:
+    the values recorded in meta.json, or (for a cache written before they were) computed from its
+    train.bin, which is checked against meta.json first. meta.json is never rewritten here."""
+    folder = Path(meta_path).parent
+    data = read_tokens(folder)
+    train = data.meta["train"]
+    if "unigram_entropy_nats_per_token" in train:
+        h, bpb = train["unigram_entropy_nats_per_token"], train.get("unigram_entropy_bits_per_byte", math.nan)
+    else:
+        h, bpb = unigram_entropy(data.train, train.get("bytes"))
+    return {"nats_per_token": float(h), "bits_per_byte": float(bpb if bpb is not None else math.nan)}
+
+
 def build_tokens(cfg: DataConfig, work: Path, folder: Path) -> None:
     import datasets
 
@@ -350,6 +382,9 @@ def build_tokens(cfg: DataConfig, work: Path, folder: Path) -> None:
             ids.tofile(tmp)
         meta[name] = {"tokens": int(len(ids)), "bytes": int(sum(enc["nbytes"])), "documents": len(enc),
                       "sha256": sha256_file(folder / f"{name}.bin")}
+        if name == "train":
+            h, bpb = unigram_entropy(ids, meta[name]["bytes"])
+            meta[name].update(unigram_entropy_nats_per_token=h, unigram_entropy_bits_per_byte=bpb)
     meta["text_sha256"] = text_hash.hexdigest()
     write_json(folder / "meta.json", meta)
 
@@ -421,8 +456,9 @@ def main(argv=None):
         data = prepare(DataConfig.from_dict(d), args.work)
     except DataError as e:
         raise SystemExit(f"error: {e}")
+    h = data.meta["train"].get("unigram_entropy_nats_per_token", float("nan"))
     print(f"{data.folder}: train {len(data.train):,} tokens, val {len(data.val):,} tokens, "
-          f"{data.bytes_per_token:.3f} bytes/token")
+          f"{data.bytes_per_token:.3f} bytes/token, train unigram entropy {h:.3f} nats/token")
     if args.link:
         from .io import write_text
 

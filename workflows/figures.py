@@ -1,12 +1,21 @@
 """Figures: the aggregated tables → seaborn figures, each saved as PNG and PDF.
 
-    python -m workflows.figures --results results --grid results/grid.json --out figures [--only NAME ...]
+    python -m workflows.figures --results results --grid results/grid.json --out figures [--only NAME ...] \
+        [--data-meta WORK/data/KEY/meta.json]
 
 Reads ``runs.parquet`` (or ``runs.csv``), ``summary.csv`` and ``history.parquet`` from ``--results``
-(written by ``workflows.aggregate``) and the grid description ``grid.json``. Every figure uses the
-grid's one variant order (``grid["order"]``) and one palette (``palette``: variant → colour, fixed by
-the grid order, the baseline always black); bootstrap CIs drawn by seaborn use
-``stats.BOOTSTRAP_SEED``, those taken from ``summary.csv`` were computed with the same seed.
+(written by ``workflows.aggregate``), the grid description ``grid.json`` and, with ``--data-meta``, the
+training split's unigram entropy from the token files' ``meta.json``. Every figure uses the grid's one
+variant order (``grid["order"]``) and one palette (``palette``: variant → colour, fixed by the grid
+order, the baseline always black), and has a subtitle stating its scale (``scale.scale_line``:
+parameters, training tokens per run, seeds, device).
+
+Intervals: a mean over seeds gets a 95% Student-t interval over seeds (``stats.mean_ci``; those taken
+from ``summary.csv`` were computed the same way, Δ over the seed-paired differences); the throughput
+median gets a distribution-free order-statistic interval (``stats.median_ci``). No bootstrap.
+The loss figures draw the unigram entropy H₁ as a labelled reference line (when ``--data-meta`` is
+given), and ``loss_by_variant`` marks the summary's flags: † best LR at grid edge, ↗ still improving,
+≈ on the unigram plateau (rules in ``workflows.flags``).
 
 Figures (``FIGURES``): loss_by_variant, loss_vs_lr, divergence_heatmap, throughput, loss_curves,
 activations, grad_norms, attn_logits. A figure whose variants are missing from the grid plots what
@@ -36,15 +45,18 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from . import stats  # noqa: E402
+from .flags import FLAG_RULES, FLAGS, flag_marks  # noqa: E402
 from .io import atomic_path  # noqa: E402
-from .stats import BOOTSTRAP_SEED, N_BOOT  # noqa: E402
+from .scale import add_subtitle, scale_line  # noqa: E402
 
 FORMATS = ("png", "pdf")
 DPI = 150
 LOSS = "nats/token"
 BASELINE_COLOR = (0.0, 0.0, 0.0)
 DIVERGED_COLOR = (0.45, 0.45, 0.45)
-CI = ("ci", 95)  # seaborn errorbar spec; always with seed=BOOTSTRAP_SEED, n_boot=N_BOOT
+UNIGRAM_COLOR = (0.55, 0.2, 0.55)
+UNIGRAM_GID = "unigram_entropy"  # gid of the reference lines, for tests
 SITE_ORDER = {"embed": 0, "attn": 1, "attn+ffn": 1, "ffn": 2}
 # variants whose only changes are on these axes are the depth-profile comparisons (figures 6, 7) ...
 DEPTH_AXES = {"norm_position", "residual"}
@@ -85,6 +97,16 @@ def palette(grid: dict) -> dict[str, tuple]:
     return {v: BASELINE_COLOR if v == base else next(cols) for v in order}
 
 
+def t_errorbar(values) -> tuple[float, float]:
+    """seaborn ``errorbar=`` callable: the 95% Student-t interval of the mean over seeds."""
+    return stats.mean_ci(values)[1:]
+
+
+def median_errorbar(values) -> tuple[float, float]:
+    """seaborn ``errorbar=`` callable: the distribution-free 95% interval of the median."""
+    return stats.median_ci(values)[1:]
+
+
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Data:
@@ -92,6 +114,7 @@ class Data:
     runs: pd.DataFrame
     summary: pd.DataFrame
     history: pd.DataFrame
+    unigram_entropy: float = math.nan  # nats/token of the training split (NaN: unknown, no line drawn)
     order: list[str] = field(init=False)
     colors: dict = field(init=False)
 
@@ -159,7 +182,8 @@ def _read_table(results: Path, stem: str) -> pd.DataFrame:
     return pd.read_csv(results / f"{stem}.csv")
 
 
-def load(results, grid_path) -> Data:
+def load(results, grid_path, data_meta=None) -> Data:
+    """The tables of ``results``; ``data_meta``: the token files' meta.json (unigram entropy), optional."""
     results = Path(results)
     grid = json.loads(Path(grid_path).read_text())
     runs = _read_table(results, "runs")
@@ -167,7 +191,12 @@ def load(results, grid_path) -> Data:
     hp = results / "history.parquet"
     cols = ["variant", "seed", "lr", "step", "kind", "metric", "layer", "site", "value"]
     history = pd.read_parquet(hp) if hp.exists() else pd.DataFrame(columns=cols)
-    return Data(grid, runs, summary, history)
+    h = math.nan
+    if data_meta is not None:
+        from .data import train_unigram_entropy
+
+        h = train_unigram_entropy(data_meta)["nats_per_token"]
+    return Data(grid, runs, summary, history, h)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +221,7 @@ def _style_variant_ticks(ax, d: Data, axis: str = "y") -> None:
     """Bold the baseline's tick label and colour every variant's label with its palette colour."""
     labels = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
     for t in labels:
-        v = t.get_text()
+        v = t.get_text().split(" ", 1)[0]  # a variant name, maybe followed by its flag marks
         if v in d.colors:
             t.set_color(d.colors[v] if v != d.baseline else BASELINE_COLOR)
             if v == d.baseline:
@@ -234,7 +263,7 @@ def _family_groups(d: Data, variants=None) -> list[tuple[str, list[str]]]:
 def _placeholder(title: str, message: str):
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.axis("off")
-    ax.set_title(title)
+    fig.suptitle(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, color="0.3",
             transform=ax.transAxes)
     return fig
@@ -249,6 +278,30 @@ def _variant_handles(d: Data, variants, extra: dict | None = None):
     hs = [Line2D([], [], color=d.colors[v], lw=_lw(d, v), marker="o", ms=4) for v in variants]
     labels = [v + ((extra or {}).get(v, "")) for v in variants]
     return hs, labels
+
+
+def unigram_line(ax, d: Data, orientation: str = "h", label: bool = True):
+    """The training split's unigram entropy as a labelled reference line (nothing if unknown)."""
+    h = d.unigram_entropy
+    if not np.isfinite(h):
+        return None
+    kw = dict(color=UNIGRAM_COLOR, ls="-.", lw=1.0, zorder=0.5, gid=UNIGRAM_GID, label="_nolegend_")
+    line = ax.axhline(h, **kw) if orientation == "h" else ax.axvline(h, **kw)
+    if label:
+        if orientation == "h":
+            ax.text(0.99, h, f"unigram H₁ = {h:.2f}", transform=blended_transform_factory(ax.transAxes, ax.transData),
+                    ha="right", va="bottom", fontsize=7, color=UNIGRAM_COLOR, gid=UNIGRAM_GID)
+        else:
+            ax.text(h, 0.02, f"unigram H₁ = {h:.2f} ", transform=blended_transform_factory(ax.transData, ax.transAxes),
+                    ha="right", va="bottom", fontsize=7, color=UNIGRAM_COLOR, rotation=90, gid=UNIGRAM_GID)
+    return line
+
+
+def _unigram_key(d: Data) -> list:
+    if not np.isfinite(d.unigram_entropy):
+        return []
+    return [Line2D([], [], color=UNIGRAM_COLOR, ls="-.", lw=1.0,
+                   label=f"unigram entropy of the training split H₁ = {d.unigram_entropy:.2f}")]
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
@@ -307,18 +360,35 @@ def fig_loss_by_variant(d: Data):
     a2.axvline(0, color=BASELINE_COLOR, lw=1, zorder=0)
     for a in (a1, a2):
         a.xaxis.set_major_locator(MaxNLocator(5))
-    a1.set_yticks(range(n), order)
+    unigram_line(a1, d, orientation="v")
+    marks = variant_marks(d)
+    a1.set_yticks(range(n), [f"{v} {marks[v]}" if marks.get(v) else v for v in order])
     a1.set_ylim(n - 0.5, -0.5)
     a1.set_ylabel("")
     a1.set_xlabel(f"final validation loss ({LOSS})")
-    a1.set_title("at each variant's best LR η*\n◆ mean over seeds, 95% bootstrap CI; ● one seed", fontsize=10)
+    a1.set_title("at each variant's best LR η*\n◆ mean over seeds, 95% Student-t interval over seeds; ● one seed",
+                 fontsize=10)
     a2.set_xlabel(f"Δ final validation loss vs {d.baseline} ({LOSS}; < 0 is better)")
-    a2.set_title("Δ vs baseline, each at its η*, paired by seed\n(95% bootstrap CI over seeds)", fontsize=10)
+    a2.set_title("Δ vs baseline, each at its η*, paired by seed\n(95% Student-t interval over the paired differences)",
+                 fontsize=10)
     _style_variant_ticks(a1, d)
     missing = [] if d.baseline in order else [f"baseline {d.baseline!r}"]
     fig.suptitle("Final validation loss by variant" + _missing_note(missing), fontsize=13)
     fig.tight_layout()
+    keys = _unigram_key(d)
+    if any(col in d.summary.columns for col in FLAGS):
+        keys += [Line2D([], [], ls="", label=f"{mark}  {FLAG_RULES[col].split(':')[0]}") for col, mark in FLAGS.items()]
+    if keys:
+        fig.legend(handles=keys, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(keys), frameon=False,
+                   fontsize=9, handlelength=1.5)
     return fig
+
+
+def variant_marks(d: Data) -> dict[str, str]:
+    """variant → its flag marks from summary.csv ('†↗≈', see workflows.aggregate.FLAG_RULES)."""
+    if "variant" not in d.summary.columns:
+        return {}
+    return {r["variant"]: flag_marks(r) for _, r in d.summary.iterrows()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,6 +419,7 @@ def fig_loss_vs_lr(d: Data):
                 ax.scatter(bad.lr, bad.init_loss, marker="x", s=60, color=c, linewidths=2, zorder=5)
         if np.isfinite(l0):
             ax.axhline(l0, color=DIVERGED_COLOR, ls="--", lw=0.8, zorder=0)
+        unigram_line(ax, d)
         ax.set_xscale("log")
         ax.set_title(fam)
         ax.set_xlabel("peak learning rate")
@@ -361,15 +432,19 @@ def fig_loss_vs_lr(d: Data):
     if np.isfinite(l0):
         lo = min(ok_all.final_val_loss.min(), l0 - 0.1) if len(ok_all) else l0 - 1
         hi = max(ok_all.final_val_loss.max(), l0) if len(ok_all) else l0
+        if np.isfinite(d.unigram_entropy):
+            lo, hi = min(lo, d.unigram_entropy), max(hi, d.unigram_entropy)
         axes[0].set_ylim(lo - 0.05 * (hi - lo), hi + 0.12 * (hi - lo))
     keys = [Line2D([], [], color="0.2", lw=1.6, label="mean over seeds (diverged counted as ℓ0)"),
             Line2D([], [], color="0.2", marker="o", ls="", label="converged run (one seed)"),
             Line2D([], [], color="0.2", marker="x", ls="", ms=8, mew=2, label="diverged run, drawn at ℓ0"),
             Line2D([], [], color=DIVERGED_COLOR, ls="--", lw=0.8, label=f"ℓ0 = ln(vocab) = {l0:.2f}")]
+    keys += _unigram_key(d)
     fig.suptitle("Final validation loss vs learning rate, per ablation family (baseline in every panel)",
                  fontsize=13)
     fig.tight_layout()
-    fig.legend(handles=keys, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False, fontsize=9)
+    fig.legend(handles=keys, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(keys), 3), frameon=False,
+               fontsize=9)
     return fig
 
 
@@ -398,7 +473,7 @@ def fig_divergence_heatmap(d: Data):
     ax.set_yticks(np.arange(len(d.order)) + 0.5, d.order, rotation=0)
     ax.tick_params(axis="x", rotation=0)
     _style_variant_ticks(ax, d)
-    ax.set_title("Divergence: runs diverged / runs (k/n) per variant and learning rate\n"
+    fig.suptitle("Divergence: runs diverged / runs (k/n) per variant and learning rate\n"
                  "(non-finite loss, or smoothed train loss stuck above ln(vocab))", fontsize=11)
     fig.tight_layout()
     return fig
@@ -416,7 +491,7 @@ def fig_throughput(d: Data):
     order, n = d.order, len(d.order)
     fig, ax = plt.subplots(figsize=(9, 0.34 * n + 1.9))
     sns.barplot(data=r, x="x", y="variant", order=order, hue="variant", hue_order=order, palette=d.colors,
-                estimator="median", errorbar=CI, seed=BOOTSTRAP_SEED, n_boot=N_BOOT, legend=False, alpha=0.55,
+                estimator="median", errorbar=median_errorbar, legend=False, alpha=0.55,
                 err_kws={"linewidth": 1.4, "color": "0.15"}, capsize=0.25, ax=ax)
     sns.stripplot(data=r, x="x", y="variant", order=order, color="0.1", size=3.5, jitter=0.15, alpha=0.7, ax=ax)
     if relative:
@@ -430,15 +505,14 @@ def fig_throughput(d: Data):
     ax.set_ylabel("")
     ax.set_yticks(range(n), order)
     _style_variant_ticks(ax, d)
-    devices = ", ".join(sorted(map(str, d.runs.get("device", pd.Series(dtype=str)).dropna().unique()))) or "?"
     if relative:
         ax.set_xlabel(f"training throughput relative to {d.baseline} (tokens/s ÷ baseline median tokens/s)")
         title = "Throughput relative to the baseline"
     else:
         ax.set_xlabel("training throughput (tokens/s)")
         title = f"Throughput (no timed {d.baseline!r} run: absolute tokens/s)"
-    ax.set_title(f"{title}\nbar: median over runs (all LRs and seeds), 95% bootstrap CI; dots: runs; "
-                 f"device: {devices}", fontsize=11)
+    fig.suptitle(f"{title}\nbar: median over runs (all LRs and seeds) with its distribution-free 95% "
+                 "order-statistic interval (none below 6 runs); dots: runs", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -480,11 +554,12 @@ def fig_loss_curves(d: Data):
                              alpha=0.9, zorder=_z(d, v), label=f"{v} (η*={_lr_str(best[v])})")
             if len(vv):
                 sns.lineplot(data=vv, x="step", y="value", color=c, lw=1.2, ls="--", marker="o", ms=5,
-                             errorbar=CI, seed=BOOTSTRAP_SEED, n_boot=N_BOOT, ax=ax, zorder=_z(d, v),
+                             errorbar=t_errorbar, ax=ax, zorder=_z(d, v),
                              label=None if len(tv) else f"{v} (η*={_lr_str(best[v])})")
             div = d.runs[(d.runs.variant == v) & d.runs.diverged & np.isclose(d.runs.lr, best[v])]
             if len(div):
                 ax.plot([], [], " ", label=f"  {len(div)} run(s) of {v} diverged")
+        unigram_line(ax, d)
         ax.set_title(fam)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"loss ({LOSS})")
@@ -497,14 +572,17 @@ def fig_loss_curves(d: Data):
         lo, hi = late.min(), late.max()
         if np.isfinite(l0):
             hi = min(hi, l0 + 0.1)
+        if np.isfinite(d.unigram_entropy):
+            lo, hi = min(lo, d.unigram_entropy), max(hi, d.unigram_entropy)
         pad = 0.06 * max(hi - lo, 0.05)
         axes[0].set_ylim(lo - pad, hi + pad)
     keys = [Line2D([], [], color="0.2", lw=1.6, label="train loss (running mean, mean over seeds)"),
-            Line2D([], [], color="0.2", lw=1.2, ls="--", marker="o", label="validation loss (95% CI over seeds)")]
+            Line2D([], [], color="0.2", lw=1.2, ls="--", marker="o",
+                   label="validation loss (mean, 95% Student-t interval over seeds)")] + _unigram_key(d)
     fig.suptitle("Loss curves per ablation family, each variant at its best LR η* (baseline in every panel)",
                  fontsize=13)
     fig.tight_layout()
-    fig.legend(handles=keys, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=9)
+    fig.legend(handles=keys, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(keys), frameon=False, fontsize=9)
     return fig
 
 
@@ -598,8 +676,7 @@ def fig_grad_norms(d: Data):
                 hv = hp[hp.variant == v]
                 if len(hv):
                     sns.lineplot(data=hv, x="layer", y="value", color=d.colors[v], lw=_lw(d, v), marker="o",
-                                 errorbar=CI, seed=BOOTSTRAP_SEED, n_boot=N_BOOT, ax=ax,
-                                 zorder=_z(d, v))
+                                 errorbar=t_errorbar, ax=ax, zorder=_z(d, v))
             st = sorted(hp.step.unique())
             title = title.format(st[0] if len(st) == 1 else f"{st[0]}–{st[-1]}: diverged runs stop early")
         else:
@@ -614,7 +691,7 @@ def fig_grad_norms(d: Data):
     lr = {v: d.comparison_lr(v) for v in vs}
     hs, labels = _variant_handles(d, vs, {v: f" (η={_lr_str(lr[v])})" for v in vs})
     _legend_outside(fig, hs, labels, title="variant")
-    fig.suptitle("Per-layer gradient norms (before clipping), mean over seeds with 95% CI"
+    fig.suptitle("Per-layer gradient norms (before clipping), mean with a 95% Student-t interval over seeds"
                  + _missing_note(missing), fontsize=12)
     fig.tight_layout()
     return fig
@@ -644,8 +721,7 @@ def fig_attn_logits(d: Data):
             mv = ml[ml.variant == v]
             if len(mv):
                 sns.lineplot(data=mv, x="step", y="value", color=d.colors[v], lw=_lw(d, v), marker="o", ms=4,
-                             errorbar=CI, seed=BOOTSTRAP_SEED, n_boot=N_BOOT, ax=ax,
-                             zorder=_z(d, v))
+                             errorbar=t_errorbar, ax=ax, zorder=_z(d, v))
         div = d.runs[np.isclose(d.runs.lr, lr) & d.runs.variant.isin(vs) & d.runs.diverged]
         note = f"; diverged: {', '.join(sorted(set(div.variant)))}" if len(div) else ""
         ax.set_title(f"η = {_lr_str(lr)}{note}", fontsize=10)
@@ -677,8 +753,8 @@ def fig_attn_logits(d: Data):
     ax.set_title("peak over training (● run, × diverged)", fontsize=10)
     hs, labels = _variant_handles(d, vs)
     _legend_outside(fig, hs, labels, title="variant")
-    fig.suptitle("Max attention logit (q·k/√d) over training, with and without QK-norm; mean over seeds, "
-                 "95% CI" + _missing_note(missing), fontsize=12)
+    fig.suptitle("Max attention logit (q·k/√d) over training, with and without QK-norm; mean with a "
+                 "95% Student-t interval over seeds" + _missing_note(missing), fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -701,6 +777,13 @@ def figure_files(out, names=None) -> list[str]:
     return [f"{out}/{n}.{fmt}" for n in (names or FIGURES) for fmt in FORMATS]
 
 
+def draw(name: str, d: Data):
+    """Figure ``name`` with its scale subtitle (params, tokens per run, seeds, device)."""
+    fig = FIGURES[name](d)
+    add_subtitle(fig, scale_line(d.runs, d.baseline))
+    return fig
+
+
 def render(d: Data, out, names=None) -> dict[str, str]:
     """Draw and save each figure; returns {name: error} for those that failed (the others are written)."""
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
@@ -710,7 +793,7 @@ def render(d: Data, out, names=None) -> dict[str, str]:
         t0 = time.perf_counter()
         try:
             with np.errstate(all="ignore"):
-                fig = FIGURES[name](d)
+                fig = draw(name, d)
             save(fig, Path(out), name)
             print(f"[figures] {name}: {time.perf_counter() - t0:.1f}s", flush=True)
         except Exception:  # noqa: BLE001 - report every failing figure, keep drawing the others
@@ -727,8 +810,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="figures folder")
     p.add_argument("--only", nargs="+", choices=list(FIGURES), metavar="NAME",
                    help=f"draw only these figures ({', '.join(FIGURES)})")
+    p.add_argument("--data-meta", help="meta.json of the token files (WORK/data/KEY/meta.json): draws the training "
+                                       "split's unigram entropy in the loss figures (absent: no line)")
     args = p.parse_args(argv)
-    d = load(args.results, args.grid or Path(args.results) / "grid.json")
+    d = load(args.results, args.grid or Path(args.results) / "grid.json", args.data_meta)
     errors = render(d, args.out, args.only)
     if errors:
         print(f"[figures] {len(errors)} figure(s) failed: {', '.join(errors)}", file=sys.stderr)

@@ -86,14 +86,14 @@ class Grid:
         return [(v, s, lr_label(lr)) for v in self.variants for lr in self.variant_lrs(v)
                 for s in self.variant_seeds(v)]
 
-    def jobs(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every train job: one process trains all of that seed's LRs, so a CPU grid
-        pays the interpreter start once per job and a GPU grid compiles once per job."""
-        return [(v, s) for v in self.variants for s in self.variant_seeds(v)]
+    def job_runs(self, variant: str) -> list[dict]:
+        """The run configs of variant ``variant``'s train job (seed-major, then LR): one process trains
+        them all, so a CPU grid pays the interpreter start once per variant and a GPU grid compiles once."""
+        return [self.run_dict(variant, s, lr) for s in self.variant_seeds(variant) for lr in self.variant_lrs(variant)]
 
-    def job_runs(self, variant: str, seed: int) -> list[dict]:
-        """The run configs of job (variant, seed), in LR order."""
-        return [self.run_dict(variant, seed, lr) for lr in self.variant_lrs(variant)]
+    def job_steps(self, variant: str) -> int:
+        """Training steps of a variant's job: its scheduling priority (longest first balances the cores)."""
+        return sum(d["train"].get("steps", 0) for d in self.job_runs(variant)) or len(self.job_runs(variant))
 
     def lr_of(self, variant: str, label: str) -> float:
         for lr in self.variant_lrs(variant):

@@ -7,6 +7,7 @@ rule aggregate:
     input:
         grid=f"{RESULTS}/grid.json",
         jobs=job_dirs(),  # each train job's folder of runs (lr<lr>/metrics.json, history.parquet)
+        data_meta=DATA_META,  # the training split's unigram entropy (the plateau flag)
     output:
         TABLES,
     log:
@@ -17,4 +18,5 @@ rule aggregate:
         runs=lambda w: " ".join(run_dirs()),
         out=lambda w, output: os.path.dirname(output[0]),  # RESULTS
     shell:
-        "python -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {params.out} > {log} 2>&1"
+        "python -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {params.out}"
+        " --data-meta {input.data_meta} > {log} 2>&1"

@@ -30,8 +30,8 @@ RESULTS, FIGURES, WORK, LOGS = config["results"], config["figures"], config["wor
 DATA_KEY = DataConfig.from_dict(config["data"]).key()
 DATA_META = f"{WORK}/data/{DATA_KEY}/meta.json"
 PEAK_FLOPS = f"{WORK}/device/peak_flops.json"
-JOB_DIR = f"{RESULTS}/runs/{{variant}}/seed{{seed}}"  # one train job: its runs are JOB_DIR/lr<lr>/
-RUN_DIR = f"{JOB_DIR}/lr{{lr}}"
+JOB_DIR = f"{RESULTS}/runs/{{variant}}"  # one train job per variant: its runs are JOB_DIR/seed<s>/lr<lr>/
+RUN_DIR = f"{JOB_DIR}/seed{{seed}}/lr{{lr}}"
 
 wildcard_constraints:
     variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -51,7 +51,7 @@ def work_of(data_meta):
 
 
 def job_dirs():
-    return [JOB_DIR.format(variant=v, seed=s) for v, s in GRID.jobs()]
+    return [JOB_DIR.format(variant=v) for v in GRID.variants]
 
 
 def run_dirs():

@@ -1,7 +1,5 @@
 # Figures: the aggregated tables → seaborn figures (PNG + PDF) in FIGURES; every PNG goes into
 # `snakemake --report` with its caption (workflows/report/<name>.rst). One job draws them all.
-from workflows.stats import BOOTSTRAP_SEED  # noqa: E402
-
 # the names of workflows.figures.FIGURES (kept here so parsing the workflow does not import matplotlib)
 FIGURE_NAMES = ["loss_by_variant", "loss_vs_lr", "divergence_heatmap", "throughput", "loss_curves",
                 "activations", "grad_norms", "attn_logits"]
@@ -14,6 +12,7 @@ rule figures:
         runs=f"{RESULTS}/runs.parquet",
         summary=f"{RESULTS}/summary.csv",
         history=f"{RESULTS}/history.parquet",
+        data_meta=DATA_META,  # the unigram-entropy reference line
     output:
         [report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures",
                 labels={"figure": name, "format": "PNG"}) for name in FIGURE_NAMES],
@@ -24,9 +23,8 @@ rule figures:
         "../../environment.yml"
     params:
         names=" ".join(FIGURE_NAMES),
-        seed=BOOTSTRAP_SEED,  # shown in the captions
         results=lambda w, input: os.path.dirname(input.runs),  # RESULTS
         out=lambda w, output: os.path.dirname(output[0]),  # FIGURES
     shell:
         "python -m workflows.figures --results {params.results} --grid {input.grid} --out {params.out} --only {params.names}"
-        " > {log} 2>&1"
+        " --data-meta {input.data_meta} > {log} 2>&1"

@@ -1,7 +1,8 @@
-# Train: one job per (variant, seed) trains that seed's LRs in one process (workflows.train.run_job)
-# and writes each run to results/runs/<variant>/seed<s>/lr<lr>/ (metrics.json, history.parquet,
+# Train: one job per variant trains all its (seed, LR) runs in one process (workflows.train.run_job)
+# and writes each to results/runs/<variant>/seed<s>/lr<lr>/ (metrics.json, history.parquet,
 # config.yaml). Runs train in stores under WORK/runs/ that outlive a cut-off job, so a killed grid
 # resumes without retraining a finished run. A diverged run is a successful run with a result.
+# Jobs with more training steps start first (priority), which balances the cores at the end of a grid.
 
 
 rule train:
@@ -11,20 +12,22 @@ rule train:
     output:
         directory(JOB_DIR),
     log:
-        f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
+        f"{LOGS}/train/{{variant}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/train/{{variant}}/seed{{seed}}.tsv"
+        f"{LOGS}/benchmarks/train/{{variant}}.tsv"
     conda:
         "../../environment.yml"
+    priority: lambda w: GRID.job_steps(w.variant)
     params:
         # the job's run configs, key order normalised: a change to them (and only to them) re-runs this job
-        runs=lambda w: shlex.quote(json.dumps(GRID.job_runs(w.variant, int(w.seed)), sort_keys=True)),
-        outs=lambda w, output: " ".join(f"{output[0]}/lr{lr_label(lr)}" for lr in GRID.variant_lrs(w.variant)),
+        runs=lambda w: shlex.quote(json.dumps(GRID.job_runs(w.variant), sort_keys=True)),
+        outs=lambda w, output: " ".join(f"{output[0]}/seed{d['seed']}/lr{lr_label(d['train']['lr'])}"
+                                        for d in GRID.job_runs(w.variant)),
         work=lambda w, input: work_of(input.data),
     threads: config["threads"]
     resources:
         mem_mb=config["mem_mb"],
-        runtime=config["runtime"],
+        runtime=lambda w: config["runtime"] * len(GRID.job_runs(w.variant)),  # minutes per run x runs
         gpu=1 if config.get("gpu_mem_mb") else 0,
         gpu_mem_mb=config.get("gpu_mem_mb", 0),
     shell:

@@ -1,0 +1,173 @@
+"""Guards against citing noise: the three summary flags (workflows.flags) on synthetic run/history
+tables where each is true and false, their columns in summary.csv and their rules in summary.md, and
+the aggregate CLI reading the unigram entropy from the data meta.json (tests/test_data.py checks the
+entropy itself)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from workflows import aggregate, flags
+from workflows import data as D
+
+L0 = math.log(256)
+STEPS = 100
+LRS = (0.001, 0.003, 0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# the rules one by one
+# ------------------------------------------------------------------------------------------------
+def test_best_lr_at_edge():
+    assert flags.best_lr_at_edge(0.001, LRS) is True
+    assert flags.best_lr_at_edge(0.01, LRS) is True
+    assert flags.best_lr_at_edge(0.003, LRS) is False
+    assert flags.best_lr_at_edge(0.003, [0.003]) is True  # a single LR: nothing on either side
+
+
+def val_table(curves: dict) -> pd.DataFrame:
+    """curves: {seed: {step: validation loss}}"""
+    return pd.DataFrame([(s, step, v) for s, c in curves.items() for step, v in c.items()],
+                        columns=["seed", "step", "value"])
+
+
+def test_still_improving_true_and_false():
+    # total drop ℓ0 − ℓ(100) = 5.545 − 3.0 = 2.545; 2% of it = 0.051
+    falling = {s: {0: L0, 50: 3.6, 90: 3.10 + 0.01 * s, 100: 3.0 + 0.01 * s} for s in range(3)}  # 0.1 > 0.051
+    flat = {s: {0: L0, 50: 3.6, 90: 3.03 + 0.01 * s, 100: 3.0 + 0.01 * s} for s in range(3)}  # 0.03 < 0.051
+    assert flags.still_improving(val_table(falling), STEPS, L0) is True
+    assert flags.still_improving(val_table(flat), STEPS, L0) is False
+
+
+def test_still_improving_uses_the_latest_eval_at_or_before_90_percent():
+    # evals at 0, 80, 95, 100: s90 = 80 (95 > 0.9·100), where the loss was still 0.2 higher
+    c = {0: {0: L0, 80: 3.2, 95: 3.001, 100: 3.0}}
+    assert flags.still_improving(val_table(c), STEPS, L0) is True
+    c = {0: {0: L0, 80: 3.001, 95: 3.2, 100: 3.0}}  # a bump after s90 does not count
+    assert flags.still_improving(val_table(c), STEPS, L0) is False
+
+
+def test_still_improving_not_decidable():
+    assert math.isnan(flags.still_improving(val_table({0: {0: L0, 50: 3.5, 90: 3.1}}), STEPS, L0))  # no last eval
+    assert math.isnan(flags.still_improving(val_table({0: {95: 3.1, 100: 3.0}}), STEPS, L0))  # none ≤ 0.9·steps
+    assert math.isnan(flags.still_improving(val_table({}), STEPS, L0))
+    assert math.isnan(flags.still_improving(val_table({0: {0: L0, 100: 3.0}}), math.nan, L0))
+    # a seed without the last eval (diverged) is left out of both means
+    c = {0: {0: L0, 90: 3.01, 100: 3.0}, 1: {0: L0, 90: 5.0, 100: math.nan}}
+    assert flags.still_improving(val_table(c), STEPS, L0) is False
+
+
+def test_on_plateau():
+    assert flags.on_plateau(3.35, 3.30) is True
+    assert flags.on_plateau(3.21, 3.30) is True
+    assert flags.on_plateau(3.15, 3.30) is False  # left the plateau
+    assert flags.on_plateau(3.45, 3.30) is False  # not even there
+    assert math.isnan(flags.on_plateau(3.3, math.nan)) and math.isnan(flags.on_plateau(math.nan, 3.3))
+
+
+# ------------------------------------------------------------------------------------------------
+# summary.csv columns and summary.md on a synthetic grid
+# ------------------------------------------------------------------------------------------------
+GRID = {"baseline": "baseline", "order": ["baseline", "edge", "plateau"],
+        "variants": {"baseline": {"family": "baseline"}, "edge": {"family": "x"}, "plateau": {"family": "y"}}}
+H1 = 3.30
+# final losses per LR (3 seeds): baseline best in the middle, edge best at the largest LR, plateau ≈ H1
+FINAL = {"baseline": {0.001: 3.2, 0.003: 2.6, 0.01: 2.9},
+         "edge": {0.001: 3.2, 0.003: 2.9, 0.01: 2.7},
+         "plateau": {0.001: 3.40, 0.003: 3.33, 0.01: 3.36}}
+# the loss 10 steps before the end, minus the final loss (baseline still falls fast)
+LATE_DROP = {"baseline": 0.2, "edge": 0.01, "plateau": 0.0}
+
+
+def synthetic(with_steps=True):
+    runs, hist = [], []
+    for v, by_lr in FINAL.items():
+        for lr, final in by_lr.items():
+            for seed in range(3):
+                f = final + 0.002 * seed
+                runs.append({"variant": v, "family": GRID["variants"][v]["family"], "seed": seed, "lr": lr,
+                             "status": "ok", "diverged": False, "final_val_loss": f, "init_loss": L0,
+                             "tokens_per_s": 1000.0, "mfu": 0.1, "params": 1000, "nonembed_params": 800,
+                             **({"steps": STEPS} if with_steps else {})})
+                for step, value in ((0, L0), (50, f + 0.5), (90, f + LATE_DROP[v]), (100, f)):
+                    hist.append({"variant": v, "seed": seed, "lr": lr, "step": step, "kind": "val",
+                                 "metric": "loss", "layer": -1, "site": "", "value": value})
+                hist.append({"variant": v, "seed": seed, "lr": lr, "step": 100, "kind": "train", "metric": "loss",
+                             "layer": -1, "site": "", "value": f})
+    return pd.DataFrame(runs), pd.DataFrame(hist)
+
+
+def test_summary_flags_true_and_false():
+    runs, hist = synthetic()
+    s = aggregate.summarise(runs, GRID, hist, H1).set_index("variant")
+    assert s.best_lr.to_dict() == {"baseline": 0.003, "edge": 0.01, "plateau": 0.003}
+    assert s.best_lr_at_edge.tolist() == [False, True, False]
+    assert s.still_improving.tolist() == [True, False, False]
+    assert s.on_plateau.tolist() == [False, False, True]
+    for col in flags.FLAGS:
+        assert str(s[col].dtype) == "boolean"
+
+
+def test_summary_flags_not_decidable_without_inputs():
+    runs, hist = synthetic(with_steps=False)
+    s = aggregate.summarise(runs, GRID)  # no history, no entropy
+    assert s.still_improving.isna().all() and s.on_plateau.isna().all()
+    assert s.best_lr_at_edge.notna().all()
+    s = aggregate.summarise(runs, GRID, hist, H1)  # history but no step count
+    assert s.still_improving.isna().all() and s.on_plateau.notna().all()
+
+
+def test_summary_markdown_marks_rows_and_states_rules():
+    runs, hist = synthetic()
+    s = aggregate.summarise(runs, GRID, hist, H1)
+    table = aggregate.markdown_summary(s)
+    assert "| baseline ↗ " in table and "| edge † " in table and "| plateau ≈ " in table
+    notes = aggregate.markdown_notes({"nats_per_token": H1, "bits_per_byte": H1 / math.log(2)})
+    for col, mark in flags.FLAGS.items():
+        assert f"- {mark} `{col}`" in notes and flags.FLAG_RULES[col].split(": ", 1)[1] in notes
+    assert "3.300 nats/token (4.761 bits/byte)" in notes
+    assert "not given" in aggregate.markdown_notes(None)
+
+
+# ------------------------------------------------------------------------------------------------
+# the CLI: run folders + --data-meta
+# ------------------------------------------------------------------------------------------------
+def write_run(root, row, hist):
+    d = root / "runs" / row["variant"] / f"seed{row['seed']}" / f"lr{row['lr']:g}"
+    d.mkdir(parents=True)
+    metrics = {**{k: row[k] for k in ("variant", "seed", "lr", "status", "final_val_loss", "init_loss", "diverged",
+                                       "tokens_per_s", "mfu", "params", "nonembed_params")},
+               "tokens_seen": 51_200, "config": {
+                   "model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2},
+                   "train": {"steps": STEPS, "batch_size": 8, "warmup_steps": 4, "z_loss": 0.0, "weight_decay": 0.1,
+                             "grad_clip": 1.0}},
+               "provenance": {"device": "test CPU", "dtype": "float32", "threads": 1, "git_commit": "x",
+                              "torch": "2", "data_key": "k"}}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    h = hist[(hist.variant == row["variant"]) & (hist.seed == row["seed"]) & (hist.lr == row["lr"])]
+    h.drop(columns=["variant", "seed", "lr"]).to_parquet(d / "history.parquet", index=False)
+    return d
+
+
+def test_cli_reads_the_unigram_entropy_from_the_data_meta(tmp_path, corpus, work):
+    data = D.prepare(D.DataConfig(source=str(corpus / "*.txt")), work)
+    h1 = data.meta["train"]["unigram_entropy_nats_per_token"]
+    runs, hist = synthetic()
+    shift = h1 - 3.33  # move the plateau variant onto this corpus's unigram entropy
+    runs.loc[runs.variant == "plateau", "final_val_loss"] += shift
+    hist.loc[hist.variant == "plateau", "value"] += shift
+    dirs = [write_run(tmp_path, r, hist) for r in runs.to_dict("records")]
+    (tmp_path / "grid.json").write_text(json.dumps(GRID))
+    out = tmp_path / "results"
+    base = ["--grid", str(tmp_path / "grid.json"), "--runs", *map(str, dirs), "--out", str(out)]
+    aggregate.main(base + ["--data-meta", str(data.folder / "meta.json")])
+    s = pd.read_csv(out / "summary.csv").set_index("variant")
+    assert s.on_plateau.tolist() == [False, False, True]
+    assert s.best_lr_at_edge.tolist() == [False, True, False] and s.still_improving.tolist() == [True, False, False]
+    md = (out / "summary.md").read_text()
+    assert f"{h1:.3f} nats/token" in md and "95% Student-t interval over seeds" in md and "bootstrap" not in md
+    aggregate.main(base)  # without --data-meta: on_plateau is not decided (empty in the CSV)
+    s = pd.read_csv(out / "summary.csv")
+    assert s.on_plateau.isna().all() and s.best_lr_at_edge.notna().all()
