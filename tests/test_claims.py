@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,11 +375,23 @@ def registry():
 
 
 def test_registry_has_every_claim_and_kind(registry):
-    assert [c["id"] for c in registry["claims"]] == [f"C{i}" for i in range(1, 19)]
+    assert [c["id"] for c in registry["claims"]] == [f"C{i}" for i in range(1, 19)] + [f"H{i}" for i in range(1, 6)]
     kinds = {c["kind"] for cl in registry["claims"] for c in cl["checks"]}
     assert kinds == set(claims.KINDS)
     for cl in registry["claims"]:
         assert cl["source"]["paper"] and cl["published"]
+
+
+def test_hyperparameter_claims_name_variants_of_the_hparams_sweeps(registry):
+    """H1-H5 compare variants that config/hparams.yaml's sweeps expand into (or its baseline)."""
+    from workflows.grid import Grid, load_pipeline_config
+
+    grid = Grid.from_config(load_pipeline_config(ROOT / "config" / "hparams.yaml"))
+    for cl in registry["claims"]:
+        if cl["id"].startswith("H"):
+            for c in cl["checks"]:
+                names = c.get("variants") or [c["treatment"], c["control"]]
+                assert set(names) <= set(grid.variants), (cl["id"], c["id"], set(names) - set(grid.variants))
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -410,6 +423,8 @@ def test_paper_grid_has_every_claim_arm(registry):
     assert set(default["variants"]) <= set(paper["variants"])
     assert grid.lrs == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1] and len(grid.seeds) == 3
     for cl in registry["claims"]:
+        if cl["id"].startswith("H"):  # the hyperparameter claims are scored on config/hparams.yaml
+            continue
         for c in cl["checks"]:
             for v in claims.check_variants(c):
                 assert v in paper["variants"], f"{c['full_id']} compares {v!r}, missing from config/paper.yaml"

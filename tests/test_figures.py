@@ -304,3 +304,43 @@ def test_claims_figure_has_the_scale_subtitle(drawn):
     fig = claims.forest_figure(df, None)
     assert _subtitle(fig).get_text().startswith("scale: no training runs")
     plt.close(fig)
+
+
+def test_sweep_figures(tmp_path):
+    """One figure per sweep: numeric values on a log axis with the rule of thumb marked, and a sweep with
+    an 'off' value on categorical positions; per-value mean and t interval at the best LR."""
+    variants = {"baseline": ("baseline", {}), "ratio_1": ("ratio", {"d_ff": 32}), "ratio_4": ("ratio", {"d_ff": 128}),
+                "ratio_8": ("ratio", {"d_ff": 256}), "clip_1": ("clip", {}), "clip_off": ("clip", {})}
+    grid = make_grid(variants)
+    grid["sweeps"] = {
+        "ratio": {"x": "d_ff / d_model", "reference": 4, "scale": "log", "metric": "loss", "description": "",
+                  "values": [{"variant": f"ratio_{x}", "value": x, "label": str(x)} for x in (1, 4, 8)]},
+        "clip": {"x": "gradient clipping", "reference": 1, "scale": "linear", "metric": "loss", "description": "",
+                 "values": [{"variant": "clip_1", "value": 1, "label": "1"},
+                            {"variant": "clip_off", "value": None, "label": "off"}]},
+    }
+    res = write_results(tmp_path / "res", grid, {("ratio_8", 0.1): 12})
+    out = tmp_path / "fig"
+    assert figures.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out),
+                         "--only", "sweep_ratio", "sweep_clip"]) == 0
+    check_outputs(out, ["sweep_ratio", "sweep_clip"])
+    d = figures.load(res, res / "grid.json")
+    t = figures.sweep_table(d, "ratio")
+    runs = d.runs[(d.runs.variant == "ratio_4") & np.isclose(d.runs.lr, t.set_index("variant").best_lr["ratio_4"])]
+    m, lo, hi = stats_mean_ci(runs.final_val_loss)
+    row = t.set_index("variant").loc["ratio_4"]
+    assert (row["mean"], row.low, row.high) == pytest.approx((m, lo, hi))
+    fig = figures.fig_sweep(d, "ratio")
+    a1 = fig.axes[0]
+    assert a1.get_xscale() == "log" and any(l.get_label().startswith("rule of thumb: 4") for l in a1.get_lines())
+    assert [x.get_text() for x in a1.get_xticklabels()] == ["1", "4", "8"]
+    fig = figures.fig_sweep(d, "clip")
+    assert fig.axes[0].get_xscale() == "linear" and [x.get_text() for x in fig.axes[0].get_xticklabels()] == ["1", "off"]
+    with pytest.raises(SystemExit):
+        figures.main(["--results", str(res), "--out", str(out), "--only", "sweep_nope"])
+
+
+def stats_mean_ci(values):
+    from workflows import stats
+
+    return stats.mean_ci(list(values))

@@ -101,10 +101,11 @@ def best_lr_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = None,
-              unigram_entropy: float = math.nan) -> pd.DataFrame:
+              unigram_entropy: float | dict = math.nan) -> pd.DataFrame:
     """One row per variant (see the module docstring); ``history`` (long format, with variant/seed/lr) is
-    needed for ``still_improving`` and ``unigram_entropy`` (nats/token) for ``on_plateau``; without
-    them those flags are NaN."""
+    needed for ``still_improving`` and ``unigram_entropy`` (nats/token; or {data_key: nats/token} when
+    variants use different token files, e.g. a vocabulary sweep) for ``on_plateau``; without them those
+    flags are NaN."""
     baseline = grid["baseline"]
     per_lr = best_lr_table(runs)
     best = per_lr.loc[per_lr.groupby("variant").score.idxmin()].set_index("variant")
@@ -152,7 +153,8 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             "mfu": r.mfu.median(), "params": int(r.params.iloc[0]), "nonembed_params": int(r.nonembed_params.iloc[0]),
             "best_lr_at_edge": best_lr_at_edge(float(best.loc[v, "lr"]), r.lr.unique()),
             "still_improving": improving,
-            "on_plateau": on_plateau(mean, unigram_entropy),
+            "on_plateau": on_plateau(mean, unigram_entropy.get(r.data_key.iloc[0], math.nan)
+                                     if isinstance(unigram_entropy, dict) else unigram_entropy),
         })
     out = pd.DataFrame(rows)
     if len(out):
@@ -198,17 +200,24 @@ def markdown_notes(unigram: dict | None) -> str:
     return "\n".join(lines)
 
 
-def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None = None
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None = None,
+              data_meta: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write the tables; ``unigram``: the training split's unigram entropy
-    ({"nats_per_token", "bits_per_byte"}, ``workflows.data.train_unigram_entropy``) for ``on_plateau``."""
+    ({"nats_per_token", "bits_per_byte"}, ``workflows.data.train_unigram_entropy``) for ``on_plateau``.
+    When the runs use several token files (e.g. a vocabulary sweep) and ``data_meta`` (WORK/data/KEY/meta.json)
+    is given, each variant is judged against its own files' entropy, read from WORK/data/<its data_key>/."""
     rows, hists = zip(*(run_row(Path(d), grid) for d in run_dirs))
     runs = pd.DataFrame(rows)
     order = {v: i for i, v in enumerate(grid["order"])}
     runs = runs.sort_values(["variant", "lr", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
     runs = runs.reset_index(drop=True)
     history = pd.concat(hists, ignore_index=True)
-    summary = summarise(runs, grid, history, (unigram or {}).get("nats_per_token", math.nan))
+    entropy = (unigram or {}).get("nats_per_token", math.nan)
+    if data_meta is not None and "data_key" in runs.columns and runs.data_key.nunique() > 1:
+        folders = Path(data_meta).parent.parent
+        entropy = {k: (train_unigram_entropy(folders / k / "meta.json")["nats_per_token"]
+                       if (folders / k / "meta.json").exists() else math.nan) for k in runs.data_key.unique()}
+    summary = summarise(runs, grid, history, entropy)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "runs.csv", runs)
     write_parquet(out / "runs.parquet", runs)
@@ -234,7 +243,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     grid = json.loads(Path(args.grid).read_text())
     unigram = train_unigram_entropy(args.data_meta) if args.data_meta else None
-    runs, summary = aggregate([Path(r) for r in args.runs], grid, Path(args.out), unigram)
+    runs, summary = aggregate([Path(r) for r in args.runs], grid, Path(args.out), unigram, args.data_meta)
     bad = runs[runs.status != "ok"]
     print(f"{len(runs)} runs ({len(bad)} diverged) of {runs.variant.nunique()} variants -> {args.out}/")
 

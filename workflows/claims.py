@@ -890,12 +890,19 @@ def variants_elsewhere(paths) -> dict:
     """variant -> the grid config files (e.g. config/paper.yaml) that define it."""
     import yaml
 
+    from .sweeps import expand
+
     out: dict = {}
     for p in paths or []:
         if Path(p).exists():
             with open(p) as f:
-                for v in (yaml.safe_load(f) or {}).get("variants") or {}:
-                    out.setdefault(v, []).append(str(p))
+                cfg = yaml.safe_load(f) or {}
+            try:
+                names = list(expand(cfg)[0])  # sweep values are variants too
+            except ValueError:  # a broken grid elsewhere does not stop this scorecard
+                names = list(cfg.get("variants") or {})
+            for v in names:
+                out.setdefault(v, []).append(str(p))
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.config import ConfigError
@@ -30,11 +30,15 @@ def deep_update(base: dict, over: dict) -> dict:
 
 @dataclass
 class Grid:
-    config: dict
+    config: dict  # with the sweeps expanded into variants
+    sweeps: dict = field(default_factory=dict)  # workflows.sweeps.expand's summary
 
     @classmethod
     def from_config(cls, config: dict) -> "Grid":
-        grid = cls(config)
+        from .sweeps import expand
+
+        variants, sweeps = expand(config)
+        grid = cls({**config, "variants": variants}, sweeps)
         if grid.baseline not in grid.variants:
             raise ConfigError(f"baseline={grid.baseline!r} is not one of the variants {list(grid.variants)}")
         if len(set(map(lr_label, grid.lrs))) != len(grid.lrs):
@@ -75,8 +79,8 @@ class Grid:
         model = deep_update(self.config.get("model", {}), spec.get("model", {}))
         train = deep_update(self.config.get("train", {}), spec.get("train", {}))
         train["lr"] = float(lr)
-        return {"variant": variant, "seed": int(seed), "model": model, "data": self.config.get("data", {}),
-                "train": train}
+        data = deep_update(self.config.get("data", {}), spec.get("data", {}))
+        return {"variant": variant, "seed": int(seed), "model": model, "data": data, "train": train}
 
     def run_config(self, variant: str, seed: int, lr: float) -> RunConfig:
         return RunConfig.from_dict(self.run_dict(variant, seed, lr))
@@ -108,10 +112,11 @@ class Grid:
             "seeds": self.seeds, "lrs": self.lrs,
             "variants": {v: {"family": (s or {}).get("family", "other"), "description": (s or {}).get("description", ""),
                              "model": (s or {}).get("model", {}), "train": (s or {}).get("train", {}),
+                             "data": (s or {}).get("data", {}),
                              "seeds": self.variant_seeds(v), "lrs": self.variant_lrs(v)}
                          for v, s in self.variants.items()},
             "model": self.config.get("model", {}), "train": self.config.get("train", {}),
-            "data": self.config.get("data", {}),
+            "data": self.config.get("data", {}), "sweeps": self.sweeps,
         }
 
 

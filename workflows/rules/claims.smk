@@ -7,7 +7,7 @@ from workflows.stats import BOOTSTRAP_SEED as _BOOT_SEED  # noqa: E402
 
 CLAIMS_CFG = config.get("claims") or {}
 CLAIMS_REGISTRY = repo_path(CLAIMS_CFG.get("registry", "config/claims.yaml"))
-CLAIMS_GRIDS = [repo_path(g) for g in CLAIMS_CFG.get("grids", ["config/config.yaml", "config/paper.yaml"])]
+CLAIMS_GRIDS = [repo_path(g) for g in CLAIMS_CFG.get("grids", ["config/config.yaml", "config/cpu-full.yaml", "config/hparams.yaml", "config/paper.yaml"])]
 with open(CLAIMS_REGISTRY) as _f:
     PROBE_SPECS = (_yaml.safe_load(_f) or {}).get("probes") or {}
 PROBE_NAMES = sorted(PROBE_SPECS)

@@ -3,7 +3,8 @@
 # the names of workflows.figures.FIGURES (kept here so parsing the workflow does not import matplotlib)
 FIGURE_NAMES = ["loss_by_variant", "loss_vs_lr", "divergence_heatmap", "throughput", "loss_curves",
                 "activations", "grad_norms", "attn_logits"]
-FIGURE_FILES = [f"{FIGURES}/{name}.{fmt}" for name in FIGURE_NAMES for fmt in ("png", "pdf")]
+SWEEP_FIGURES = [f"sweep_{name}" for name in GRID.sweeps]  # one per hyperparameter sweep (caption: sweep.rst)
+FIGURE_FILES = [f"{FIGURES}/{name}.{fmt}" for name in FIGURE_NAMES + SWEEP_FIGURES for fmt in ("png", "pdf")]
 
 
 rule figures:
@@ -17,12 +18,15 @@ rule figures:
         [report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures",
                 labels={"figure": name, "format": "PNG"}) for name in FIGURE_NAMES],
         [f"{FIGURES}/{name}.pdf" for name in FIGURE_NAMES],
+        [report(f"{FIGURES}/{name}.png", caption="../report/sweep.rst", category="Sweeps",
+                labels={"sweep": name.removeprefix("sweep_"), "format": "PNG"}) for name in SWEEP_FIGURES],
+        [f"{FIGURES}/{name}.pdf" for name in SWEEP_FIGURES],
     log:
         f"{LOGS}/figures.log",
     conda:
         "../../environment.yml"
     params:
-        names=" ".join(FIGURE_NAMES),
+        names=" ".join(FIGURE_NAMES + SWEEP_FIGURES),
         results=lambda w, input: os.path.dirname(input.runs),  # RESULTS
         out=lambda w, output: os.path.dirname(output[0]),  # FIGURES
     shell:
