@@ -143,6 +143,12 @@ def test_loss_delta_lr_range_and_expect():
     assert verdict({**BELOW0, "expect": {"t": {"attention": "mha"}}}, t + c) == "not run"
 
 
+def test_expect_null_matches_a_missing_value():
+    """expect: {v: {grad_clip: null}} (clipping off) matches the NaN/None a table holds for it."""
+    assert claims._same(float("nan"), None) and claims._same(None, None)
+    assert not claims._same(1.0, None) and not claims._same(float("nan"), 1.0)
+
+
 def test_loss_delta_margin_interval():
     check = {"kind": "loss_delta", "treatment": "t", "control": "c", "interval": ["-margin", "margin"],
              "margin": {"nats": 0.02, "sigmas": 2}}

@@ -346,6 +346,8 @@ class Evidence:
 
 
 def _same(have, want) -> bool:
+    if want is None:  # null in the registry (e.g. grad_clip: off); tables hold it as NaN or None
+        return have is None or (isinstance(have, float) and math.isnan(have))
     if isinstance(want, bool) or isinstance(have, (bool, np.bool_)):
         return isinstance(want, bool) and isinstance(have, (bool, np.bool_)) and bool(have) == want
     if isinstance(want, (int, float)):
