@@ -120,6 +120,11 @@ def covered(ci, truth) -> bool:
     return bool(lo <= truth <= hi)
 
 
+def coverage(draw_ci, truth, reps: int = REPS) -> float:
+    """Share of ``reps`` simulated samples whose interval (``draw_ci()`` -> (lo, hi)) covers ``truth``."""
+    return float(np.mean([covered(draw_ci(), truth) for _ in range(reps)]))
+
+
 @pytest.mark.parametrize("n", [3, 5])
 def test_mean_ci_covers_the_true_mean(n):
     rng = np.random.default_rng(20240 + n)
@@ -142,51 +147,56 @@ def test_percentile_bootstrap_would_not(n):
 def test_paired_delta_covers_the_true_difference(n):
     rng = np.random.default_rng(40480 + n)
     effect = -0.03
-    hits = 0
-    for _ in range(REPS):
+
+    def draw():
         seed_effect = rng.normal(3.0, 0.2, size=n)  # shared by both arms of a seed (data order, init)
         t = seed_effect + effect + rng.normal(0, 0.02, size=n)
         c = seed_effect + rng.normal(0, 0.02, size=n)
         _, lo, hi, pairs = stats.paired_delta(dict(enumerate(t)), dict(enumerate(c)))
         assert pairs == n
-        hits += covered((lo, hi), effect)
-    assert hits / REPS >= 0.93, hits / REPS
+        return lo, hi
+
+    rate = coverage(draw, effect)
+    assert rate >= 0.93, rate
 
 
 @pytest.mark.parametrize("n", [3, 5])
 def test_welch_fallback_covers_the_true_difference(n):
     rng = np.random.default_rng(60720 + n)
-    hits = 0
-    for _ in range(REPS):
+
+    def draw():
         t, c = rng.normal(2.9, 0.05, size=n), rng.normal(3.0, 0.15, size=n + 1)
         _, lo, hi, pairs = stats.paired_delta(dict(enumerate(t)), {100 + i: v for i, v in enumerate(c)})
         assert pairs == 0
-        hits += covered((lo, hi), -0.1)
-    assert hits / REPS >= 0.93, hits / REPS
+        return lo, hi
+
+    rate = coverage(draw, -0.1)
+    assert rate >= 0.93, rate
 
 
 @pytest.mark.parametrize("n", [3, 5])
 def test_jackknife_t_covers_a_ratio_of_means(n):
     """The t part of ``seed_ci`` (which contains it) on a spread-like statistic: max/min − 1 of means."""
     rng = np.random.default_rng(80960 + n)
-    hits = 0
-    for _ in range(REPS):
+
+    def draw():
         A = rng.normal([2.0, 2.2], 0.1, size=(n, 2))
-        hits += covered(stats.jackknife_t_ci(n, lambda ix: A[ix, 1].mean() / A[ix, 0].mean() - 1), 0.1)
-    assert hits / REPS >= 0.92, hits / REPS
+        return stats.jackknife_t_ci(n, lambda ix: A[ix, 1].mean() / A[ix, 0].mean() - 1)
+
+    rate = coverage(draw, 0.1)
+    assert rate >= 0.92, rate
 
 
 @pytest.mark.parametrize("n", [3, 5])
 def test_extreme_mean_ci_covers_the_true_max(n):
     rng = np.random.default_rng(101200 + n)
     mu = np.array([1.0, 1.3, 1.35])
-    hits = sum(covered(stats.extreme_mean_ci(rng.normal(mu, 0.1, size=(n, 3)), "max")[1:], mu.max())
-               for _ in range(REPS))
-    assert hits / REPS >= 0.95, hits / REPS
+    rate = coverage(lambda: stats.extreme_mean_ci(rng.normal(mu, 0.1, size=(n, 3)), "max")[1:], mu.max())
+    assert rate >= 0.95, rate
 
 
 def test_median_ci_covers_the_true_median_of_a_skewed_distribution():
     rng = np.random.default_rng(7)
     n = 8
-    hits = sum(covered(stats.median_ci(rng.exponential(size=n))[1:], math.log(2)) for _ in range(REPS))
-    assert hits / REPS >= 0.95, hits / REPS
+    rate = coverage(lambda: stats.median_ci(rng.exponential(size=n))[1:], math.log(2))
+    assert rate >= 0.95, rate

@@ -132,10 +132,10 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
         stable = r.groupby("lr").diverged.sum()
         stable = stable[stable == 0]
         tps = r.tokens_per_s.median()
-        at = r[np.isclose(r.lr.astype(float), float(best.loc[v, "lr"]), rtol=1e-9, atol=0)]
+        eta = float(best.loc[v, "lr"])
         if val_hist is not None:
-            hv = val_hist[(val_hist.variant == v) & np.isclose(val_hist.lr.astype(float), float(best.loc[v, "lr"]),
-                                                                rtol=1e-9, atol=0)]
+            hv = val_hist[(val_hist.variant == v) & np.isclose(val_hist.lr.astype(float), eta, rtol=1e-9, atol=0)]
+            at = r[np.isclose(r.lr.astype(float), eta, rtol=1e-9, atol=0)]
             steps = float(at.steps.max()) if "steps" in at.columns else math.nan
             improving = still_improving(hv[["seed", "step", "value"]], steps, float(r.init_loss.iloc[0]))
         else:
@@ -151,7 +151,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             "max_stable_lr": float(stable.index.max()) if len(stable) else math.nan,
             "tokens_per_s": tps, "speed_ratio": tps / base_tps if base_tps else math.nan,
             "mfu": r.mfu.median(), "params": int(r.params.iloc[0]), "nonembed_params": int(r.nonembed_params.iloc[0]),
-            "best_lr_at_edge": best_lr_at_edge(float(best.loc[v, "lr"]), r.lr.unique()),
+            "best_lr_at_edge": best_lr_at_edge(eta, r.lr.unique()),
             "still_improving": improving,
             "on_plateau": on_plateau(mean, unigram_entropy.get(r.data_key.iloc[0], math.nan)
                                      if isinstance(unigram_entropy, dict) else unigram_entropy),

@@ -771,6 +771,7 @@ def sweep_table(d: Data, name: str) -> pd.DataFrame:
     sw = d.grid["sweeps"][name]
     col = "final_val_bpb" if sw.get("metric") == "bpb" else "final_val_loss"
     s = d.summary.set_index("variant")
+    marks = variant_marks(d)
     rows = []
     for i, item in enumerate(sw["values"]):
         v = item["variant"]
@@ -779,7 +780,7 @@ def sweep_table(d: Data, name: str) -> pd.DataFrame:
         m, lo, hi = stats.mean_ci(r[col].astype(float).tolist()) if len(r) else (math.nan,) * 3
         rows.append({"variant": v, "value": item["value"], "label": item["label"], "pos": i, "best_lr": best,
                      "mean": m, "low": lo, "high": hi, "seeds": int(_finite(r[col]).sum()),
-                     "marks": variant_marks(d).get(v, "")})
+                     "marks": marks.get(v, "")})
     return pd.DataFrame(rows)
 
 

@@ -85,11 +85,6 @@ class Grid:
     def run_config(self, variant: str, seed: int, lr: float) -> RunConfig:
         return RunConfig.from_dict(self.run_dict(variant, seed, lr))
 
-    def runs(self) -> list[tuple[str, int, str]]:
-        """(variant, seed, lr label) of every run, variants in config order."""
-        return [(v, s, lr_label(lr)) for v in self.variants for lr in self.variant_lrs(v)
-                for s in self.variant_seeds(v)]
-
     def job_runs(self, variant: str) -> list[dict]:
         """The run configs of variant ``variant``'s train job (seed-major, then LR): one process trains
         them all, so a CPU grid pays the interpreter start once per variant and a GPU grid compiles once."""
@@ -97,13 +92,7 @@ class Grid:
 
     def job_steps(self, variant: str) -> int:
         """Training steps of a variant's job: its scheduling priority (longest first balances the cores)."""
-        return sum(d["train"].get("steps", 0) for d in self.job_runs(variant)) or len(self.job_runs(variant))
-
-    def lr_of(self, variant: str, label: str) -> float:
-        for lr in self.variant_lrs(variant):
-            if lr_label(lr) == label:
-                return lr
-        raise KeyError(f"variant {variant!r} has no LR {label!r}")
+        return sum(RunConfig.from_dict(d).train.steps for d in self.job_runs(variant))
 
     def summary(self) -> dict:
         """What aggregate/figures/claims need: order, baseline, families, seeds, LRs, base configs."""

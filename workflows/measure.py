@@ -11,6 +11,7 @@ above ℓ0 = ln(vocab) + ``divergence_margin`` for ``divergence_patience`` conse
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -53,7 +54,9 @@ def layer_snapshot(layers: dict[int, list[torch.Tensor]]) -> tuple[dict, dict]:
     return grads, before
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The repository's commit (+ "-dirty"), once per process: a job's runs share it."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

@@ -210,7 +210,7 @@ class Job:
     def __init__(self, first: RunConfig, work: Path, peak_file: Path, peak_persist: bool = True):
         self.device = dev.resolve_device(first.train.device)
         self.dtype = dev.resolve_dtype(first.train.dtype, self.device)
-        self.data = prepare(first.data, work)
+        self.data_cfg, self.data = first.data, prepare(first.data, work)
         # on CUDA the whole token stream lives on the GPU (int32) and windows are gathered there
         self.train_tokens = (torch.from_numpy(self.data.train.astype("int32")).to(self.device)
                              if self.device.type == "cuda" else self.data.train)
@@ -368,8 +368,8 @@ def publish(store: Path, out: Path) -> None:
             shutil.copyfile(store / name, tmp)
 
 
-def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None = None, peak_file=None,
-            keep_stores: bool = False) -> list[dict]:
+def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None = None,
+            peak_file=None) -> list[dict]:
     """Train ``cfgs`` into ``outs`` in this process. A run already finished in its store is copied,
     a cut-off one resumes from its checkpoint. A crashed run writes ``crash.json`` into its store and
     the job goes on with the others, then raises. When every run succeeded the stores are removed."""
@@ -384,7 +384,8 @@ def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None 
         store = store_of(cfg, work)
         if not (store / "metrics.json").exists():
             try:
-                job = job or Job(cfg, work, peak_file, persist)
+                if job is None or job.data_cfg != cfg.data:  # (a pipeline job's runs share one data config)
+                    job = Job(cfg, work, peak_file, persist)
                 metrics, history = fit(job, cfg, store)
             except DataError:
                 raise
@@ -401,9 +402,8 @@ def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None 
         results.append(json.loads((out / "metrics.json").read_text()))
     if crashed:
         raise RuntimeError(f"{len(crashed)} of {len(cfgs)} runs crashed: {[str(s) for s in crashed]}")
-    if not keep_stores:
-        for cfg in cfgs:
-            shutil.rmtree(store_of(cfg, work), ignore_errors=True)
+    for cfg in cfgs:
+        shutil.rmtree(store_of(cfg, work), ignore_errors=True)
     return results
 
 

@@ -31,12 +31,9 @@ DATA_KEY = DataConfig.from_dict(config["data"]).key()
 DATA_META = f"{WORK}/data/{DATA_KEY}/meta.json"
 PEAK_FLOPS = f"{WORK}/device/peak_flops.json"
 JOB_DIR = f"{RESULTS}/runs/{{variant}}"  # one train job per variant: its runs are JOB_DIR/seed<s>/lr<lr>/
-RUN_DIR = f"{JOB_DIR}/seed{{seed}}/lr{{lr}}"
 
 wildcard_constraints:
     variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    seed=r"\d+",
-    lr=r"[0-9][0-9.e+-]*",
 
 
 def repo_path(path):
@@ -54,9 +51,10 @@ def job_dirs():
     return [JOB_DIR.format(variant=v) for v in GRID.variants]
 
 
+def job_run_subdirs(variant):
+    """seed<s>/lr<lr> of each of variant's runs inside its JOB_DIR, in its train job's order (GRID.job_runs)."""
+    return [f"seed{d['seed']}/lr{lr_label(d['train']['lr'])}" for d in GRID.job_runs(variant)]
+
+
 def run_dirs():
-    return [RUN_DIR.format(variant=v, seed=s, lr=lr) for v, s, lr in GRID.runs()]
-
-
-def run_files(name):
-    return [f"{d}/{name}" for d in run_dirs()]
+    return [f"{JOB_DIR.format(variant=v)}/{sub}" for v in GRID.variants for sub in job_run_subdirs(v)]

@@ -21,8 +21,8 @@ rule train:
     params:
         # the job's run configs, key order normalised: a change to them (and only to them) re-runs this job
         runs=lambda w: shlex.quote(json.dumps(GRID.job_runs(w.variant), sort_keys=True)),
-        outs=lambda w, output: " ".join(f"{output[0]}/seed{d['seed']}/lr{lr_label(d['train']['lr'])}"
-                                        for d in GRID.job_runs(w.variant)),
+        # derived from the output, so not a rerun trigger of its own (the run configs above are)
+        outs=lambda w, output: " ".join(f"{output[0]}/{sub}" for sub in job_run_subdirs(w.variant)),
         work=lambda w, input: work_of(input.data),
     threads: config["threads"]
     resources:
