@@ -296,12 +296,12 @@ def test_claims_figure_has_the_scale_subtitle(drawn):
 
     registry = Path(__file__).resolve().parents[1] / "config" / "claims.yaml"
     df = claims.evaluate(registry, claims.Evidence(drawn.runs, {}))
-    fig = claims.forest_figure(df, drawn.runs, "baseline")
+    fig = figures.claims_forest(df, drawn.runs, "baseline")
     sub = _subtitle(fig)
     assert sub.get_text() == scale.scale_line(drawn.runs, "baseline")
     _assert_below_title_above_axes(fig, sub)
     plt.close(fig)
-    fig = claims.forest_figure(df, None)
+    fig = figures.claims_forest(df, None)
     assert _subtitle(fig).get_text().startswith("scale: no training runs")
     plt.close(fig)
 

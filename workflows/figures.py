@@ -45,7 +45,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from . import stats  # noqa: E402
+from . import selection, stats  # noqa: E402
 from .flags import FLAG_RULES, FLAGS, flag_marks  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .scale import add_subtitle, scale_line  # noqa: E402
@@ -203,6 +203,12 @@ def load(results, grid_path, data_meta=None) -> Data:
 # Small helpers
 def _at_lr(df: pd.DataFrame, lr: float) -> pd.Series:
     return np.isclose(df.lr.astype(float), lr, rtol=1e-9, atol=0.0)
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _lr_str(lr: float) -> str:
@@ -369,8 +375,9 @@ def fig_loss_by_variant(d: Data):
     a1.set_title("at each variant's best LR η*\n◆ mean over seeds, 95% Student-t interval over seeds; ● one seed",
                  fontsize=10)
     a2.set_xlabel(f"Δ final validation loss vs {d.baseline} ({LOSS}; < 0 is better)")
-    a2.set_title("Δ vs baseline, each at its η*, paired by seed\n(95% Student-t interval over the paired differences)",
-                 fontsize=10)
+    delta_at = str(s.delta_at.dropna().iloc[0]) if "delta_at" in s.columns and s.delta_at.notna().any() else ""
+    a2.set_title(f"Δ vs baseline, paired by seed, {_wrap(delta_at)}\n(95% Student-t interval over the paired "
+                 "differences)", fontsize=9)
     _style_variant_ticks(a1, d)
     missing = [] if d.baseline in order else [f"baseline {d.baseline!r}"]
     fig.suptitle("Final validation loss by variant" + _missing_note(missing), fontsize=13)
@@ -396,8 +403,7 @@ def variant_marks(d: Data) -> dict[str, str]:
 def fig_loss_vs_lr(d: Data):
     r = d.runs.copy()
     l0 = d.init_loss()
-    r["loss_or_init"] = np.where(r.diverged | ~_finite(r.final_val_loss), r.init_loss,
-                                 np.minimum(r.final_val_loss.astype(float), r.init_loss))
+    r["loss_or_init"] = selection.capped_score(r)
     groups = _family_groups(d)
     fig, axes = _facets(len(groups), 4, 4.2, 3.4, sharey=True)
     ok_all = r[~r.diverged & _finite(r.final_val_loss)]
@@ -857,6 +863,100 @@ FIGURES = {
     "grad_norms": fig_grad_norms,
     "attn_logits": fig_attn_logits,
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# the claims scorecard (written by workflows.claims; not one of the FIGURES drawn from the tables)
+def _power_label(r) -> str:
+    """'n=4 · MDE 0.012 · →9' for a scorecard row (deterministic checks: 'n=1 · exact')."""
+    if r.verdict == "not run":
+        return ""
+    mde, need = r.get("mde", math.nan), r.get("seeds_needed", math.nan)
+    if r.get("mde", math.nan) == 0:
+        return f"n={r.n} · exact"
+    out = f"n={r.n}"
+    if np.isfinite(mde):
+        out += f" · MDE {mde:.2g}"
+    if r.verdict == "inconclusive" and isinstance(need, float) and not math.isnan(need):
+        out += " · →∞" if math.isinf(need) else f" · →{int(need)}"
+    return out
+
+
+def claims_figure(df: pd.DataFrame, out_png: Path, out_pdf: Path | None = None, runs: pd.DataFrame | None = None,
+           baseline: str | None = None) -> None:
+    """Write ``claims_forest`` as PNG (and PDF) atomically."""
+    fig = claims_forest(df, runs, baseline)
+    for path, fmt in ((out_png, "png"), (out_pdf, "pdf")):
+        if path is None:
+            continue
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150)
+    plt.close(fig)
+
+
+def claims_forest(df: pd.DataFrame, runs: pd.DataFrame | None = None, baseline: str | None = None):
+    """Forest plot: each check's effect and 95% CI against its 'holds' region, one panel per unit; the
+    subtitle states the scale of ``runs`` (``scale.scale_line``: params, tokens per run, seeds, device)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    colors = {"holds": "#1a9850", "contradicted": "#d73027", "inconclusive": "#7f7f7f",
+              "not judged": "#9e6ebd"}
+    shown = df[df.verdict != "not run"].copy()
+    shown["label"] = [f"{c} {g}".strip() + f"  {w[:48]}" for c, g, w in zip(shown.check, shown.group, shown.what)]
+    units = list(dict.fromkeys(shown.unit.replace("", "value")))
+    shown["unit"] = shown.unit.replace("", "value")
+    heights = [max(1.2, 0.32 * (shown.unit == u).sum() + 0.6) for u in units] or [1.0]
+    fig, axes = plt.subplots(len(units) or 1, 1, figsize=(10, sum(heights) + 1.2),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, unit in zip(axes[:, 0], units):
+        sub = shown[shown.unit == unit].reset_index(drop=True)
+        vals = np.concatenate([sub[c].to_numpy(dtype=float) for c in ("effect", "ci_low", "ci_high", "holds_low",
+                                                                          "holds_high")] + [[1.0 if unit == "ratio" else 0.0]])
+        vals = vals[np.isfinite(vals)]
+        log = unit == "ratio" and (vals > 0).all() and vals.max() / vals.min() > 20
+        lo, hi = vals.min(), vals.max()
+        pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 0.1
+        xmin, xmax = (lo / 1.5, hi * 1.5) if log else (lo - pad, hi + pad)
+        for i, r in sub.iterrows():
+            a = xmin if r.holds_low == -math.inf else r.holds_low  # NaN: bound undefined, no region
+            b = xmax if r.holds_high == math.inf else r.holds_high
+            if np.isfinite(a) and np.isfinite(b):
+                ax.fill_betweenx([i - 0.4, i + 0.4], max(a, xmin), min(b, xmax), color="#1a9850", alpha=0.12, lw=0)
+                for x in (r.holds_low, r.holds_high):
+                    if np.isfinite(x):
+                        ax.plot([x, x], [i - 0.4, i + 0.4], color="#1a9850", lw=1.2)
+            col = colors.get(r.verdict, "black")
+            if np.isfinite(r.effect):
+                if np.isfinite(r.ci_low) and np.isfinite(r.ci_high):
+                    ax.plot([r.ci_low, r.ci_high], [i, i], color=col, lw=2)
+                short = r.reason.startswith("too little evidence")  # hollow: below the minimum evidence
+                ax.plot([r.effect], [i], "o", color=col, ms=5, mfc="white" if short else col)
+            else:
+                ax.text(xmin, i, "  no finite effect", va="center", fontsize=7, color=col)
+            ax.text(1.01, i, _power_label(r), transform=blended_transform_factory(ax.transAxes, ax.transData),
+                    va="center", fontsize=6, color="0.3")
+        ax.set_yticks(range(len(sub)))
+        ax.set_yticklabels(sub.label, fontsize=7)
+        ax.set_ylim(len(sub) - 0.5, -0.5)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlim(xmin, xmax)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    handles = [Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in colors.items()]
+    handles.append(Line2D([], [], color="#7f7f7f", marker="o", mfc="white", lw=0, label="too little evidence"))
+    handles.append(matplotlib.patches.Patch(color="#1a9850", alpha=0.2, label="'holds' region"))
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=5,
+                      frameon=False)
+    not_run = df[df.verdict == "not run"].check.tolist()
+    fig.suptitle("Replication scorecard: measured effect [95% CI] vs the claim's fixed bound "
+                 "(right: seeds n · minimum detectable effect at 80% power · seeds to decide)", fontsize=9, x=0.01,
+                 ha="left")
+    if not_run:
+        fig.text(0.01, 0.005, "not run on this grid: " + ", ".join(not_run), fontsize=7, color="#555555")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    add_subtitle(fig, scale_line(runs, baseline)
+                 + ("" if runs is not None and len(runs) else " (probe checks: scale in the scorecard)"))
+    return fig
 
 
 def figure_files(out, names=None) -> list[str]:

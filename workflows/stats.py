@@ -9,12 +9,13 @@ time, so none is used on its own.
   differences; Welch's t interval (Welch–Satterthwaite degrees of freedom) when no seed is shared.
 - ``seed_ci``: interval of a statistic that is *not* a mean of per-seed values (LR sensitivity of
   seed-mean curves, highest stable LR, spread): the union of a jackknife Student-t interval over
-  seeds (for a plain mean it *is* the t interval) and a BCa bootstrap over seeds (fixed seed
-  ``BOOTSTRAP_SEED``, so tables are reproducible), which adds the skewness a symmetric interval misses.
+  seeds (for a plain mean it *is* the t interval) and a BCa bootstrap over seeds
+  (``scipy.stats.bootstrap``, fixed seed ``BOOTSTRAP_SEED``, so tables are reproducible), which adds the
+  skewness a symmetric interval misses.
 - ``extreme_mean_ci``: max (or min) over groups of per-group seed means, from Bonferroni-adjusted
   per-group t intervals (coverage ≥ the nominal level, under normal seed noise).
 - ``median_ci``: distribution-free order-statistic interval for a median (throughput).
-- ``wilson``: Wilson 95% score interval for k of n (divergence rates).
+- ``wilson``: Wilson 95% score interval for k of n (divergence rates), from ``scipy.stats.binomtest``.
 - ``lr_sensitivity``: Wortsman et al. 2023 §2.2: mean over the LR grid of min(ℓ(η), ℓ0) − ℓ*, with
   ℓ* the best loss over the grid and diverged runs counted as ℓ0.
 
@@ -109,28 +110,27 @@ def jackknife_t_ci(n: int, stat: Callable[[np.ndarray], float], level: float = L
 def bca_ci(n: int, stat: Callable[[np.ndarray], float], level: float = LEVEL, n_boot: int = N_BOOT,
            seed: int = BOOTSTRAP_SEED):
     """(low, high) bias-corrected and accelerated bootstrap (Efron 1987) of ``stat(indices)``, resampling
-    the n indices (seeds) with replacement; (nan, nan) when it is undefined (n < 2, a non-finite
-    replicate, all replicates equal, or the bias correction at 0 or 1)."""
+    the n indices (seeds) with replacement — ``scipy.stats.bootstrap(method="BCa")`` over the seed indices;
+    (nan, nan) when it is undefined (n < 2, a non-finite replicate, all replicates equal)."""
+    import warnings
+
     if n < 2:
         return (math.nan, math.nan)
     idx = np.arange(n)
-    theta = float(stat(idx))
-    rng = np.random.default_rng(seed)
-    boots = np.array([stat(ix) for ix in rng.integers(0, n, size=(n_boot, n))], dtype=float)
-    if not (np.isfinite(theta) and np.isfinite(boots).all()) or np.ptp(boots) == 0:
+    if not np.isfinite(stat(idx)):
         return (math.nan, math.nan)
-    p0 = (np.sum(boots < theta) + 0.5 * np.sum(boots == theta)) / n_boot
-    if not 0 < p0 < 1:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateDataWarning: reported as NaN bounds below
+        try:
+            res = _sp.bootstrap((idx,), lambda ix: stat(np.asarray(ix, dtype=int)), vectorized=False,
+                                paired=False, confidence_level=level, n_resamples=n_boot, method="BCa",
+                                rng=np.random.default_rng(seed))
+        except (ValueError, FloatingPointError, ZeroDivisionError):
+            return (math.nan, math.nan)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or np.ptp(res.bootstrap_distribution) == 0:
         return (math.nan, math.nan)
-    z0 = _sp.norm.ppf(p0)
-    loo = np.array([stat(np.delete(idx, i)) for i in range(n)], dtype=float)
-    dev = loo.mean() - loo
-    den = 6 * float((dev ** 2).sum()) ** 1.5
-    a = float((dev ** 3).sum()) / den if den > 0 else 0.0
-    out = []
-    for z in _sp.norm.ppf([0.5 - level / 2, 0.5 + level / 2]):
-        out.append(float(np.quantile(boots, _sp.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))))
-    return tuple(out)
+    return (lo, hi)
 
 
 def seed_ci(n: int, stat: Callable[[np.ndarray], float], level: float = LEVEL):
@@ -184,15 +184,13 @@ def median_ci(values, level: float = LEVEL):
     return (med, float(x[j - 1]), float(x[n - j]))
 
 
-def wilson(k: int, n: int, z: float = Z95):
-    """Wilson score interval for a proportion k/n (95% by default)."""
+def wilson(k: int, n: int, level: float = LEVEL):
+    """Wilson score interval for a proportion k/n (95% by default):
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``."""
     if n == 0:
         return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = _sp.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
 def lr_sensitivity(loss_by_lr: dict, init_loss: float) -> float:

@@ -1,0 +1,5 @@
+import sys
+
+from .scorecard import main
+
+sys.exit(main())

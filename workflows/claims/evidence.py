@@ -1,0 +1,116 @@
+"""What the checks read: the run table, the probe tables, the side-by-side speed table, and the grid's
+pre-registered comparison LR — with the guards that turn missing or degenerate evidence into "not run" or
+"not judged" instead of a verdict."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import selection
+
+# Degeneracy floors (stated in config/claims.yaml's header): an arm below them carries no verdict.
+FLOORS = {
+    "loss_at_init": 0.05,  # nats: a run whose final loss is within this of ℓ0 learned nothing
+    "grad_norm": 1e-8,  # a per-layer gradient norm below this has underflowed (signal collapse)
+    "rms": 1e-6,  # a residual-stream RMS below this: the signal is below any norm's eps
+}
+FLOOR_METRICS = (("grad_", "grad_norm"), ("resid_rms", "rms"))  # probe metric prefix -> floor
+
+
+class NotRun(Exception):
+    """The grid (or the probes) lacks what a check compares."""
+
+
+@dataclass
+class Evidence:
+    runs: pd.DataFrame | None
+    probes: dict
+    elsewhere: dict = field(default_factory=dict)  # variant -> grid files that define it
+    compare_lr: float | None = None  # the grid's pre-registered shared comparison LR (grid.json)
+    speed: pd.DataFrame | None = None  # side-by-side throughput (variant, rep, tokens_per_s, device)
+    floors: dict = field(default_factory=lambda: dict(FLOORS))
+
+    def variant(self, v: str, c: dict) -> pd.DataFrame:
+        """Runs of variant ``v`` within the check's LR range; NotRun if the grid lacks it."""
+        if self.runs is None or v not in set(self.runs.variant):
+            where = self.elsewhere.get(v)
+            raise NotRun(f"the grid has no variant {v!r}" + (f" (defined in {', '.join(where)})" if where else ""))
+        r = self.runs[self.runs.variant == v]
+        for col, want in ((c.get("expect") or {}).get(v) or {}).items():
+            if col not in r.columns:
+                raise NotRun(f"runs.parquet has no column {col!r} to confirm {v!r}")
+            have = r[col].tolist()
+            if any(not same(h, want) for h in have):
+                raise NotRun(f"variant {v!r} has {col}={have[0]!r} in this grid, the check needs {want!r}")
+        if "lr_min" in c:
+            r = r[r.lr >= float(c["lr_min"]) * (1 - 1e-9)]
+        if "lr_max" in c:
+            r = r[r.lr <= float(c["lr_max"]) * (1 + 1e-9)]
+        if r.empty:
+            raise NotRun(f"variant {v!r} has no run with LR in the check's range")
+        return r
+
+    def probe(self, name: str) -> pd.DataFrame:
+        if name not in self.probes:
+            raise NotRun(f"no output of probe {name!r}")
+        return self.probes[name]
+
+    def lrs_for(self, runs: pd.DataFrame, c: dict) -> tuple[dict, str]:
+        """Which runs of one variant a check compares (``selection.comparison_lrs``) and how they were
+        chosen. ``at: shared`` on a grid without a ``compare_lr`` falls back to the cross-fitted best LR
+        (and says so)."""
+        mode = c.get("at", "shared")
+        if mode == "shared" and self.compare_lr is None:
+            mode = "best"
+            how = "no compare_lr in this grid: " + selection.describe("best")
+        else:
+            how = selection.describe(mode, self.compare_lr)
+        lrs = selection.comparison_lrs(runs, mode, self.compare_lr)
+        if mode == "shared" and not lrs:
+            raise NotRun(f"variant {runs.variant.iloc[0]!r} has no run at the grid's compare_lr {self.compare_lr:g}")
+        return lrs, how
+
+    def degenerate_runs(self, runs: pd.DataFrame, lrs: dict) -> str:
+        """A reason when every compared run of a variant ended at ℓ0 (learned nothing), else ''."""
+        if not lrs or "init_loss" not in runs.columns:
+            return ""
+        loss = selection.values_at(runs, lrs, "final_val_loss")
+        init = selection.values_at(runs, lrs, "init_loss")
+        tol = float(self.floors["loss_at_init"])
+        at_init = [k for k in loss if np.isfinite(loss[k]) and loss[k] >= init[k] - tol]
+        if at_init and len(at_init) == len(loss):
+            return (f"degenerate: every compared run of {runs.variant.iloc[0]!r} ended within {tol:g} nats of ℓ0 "
+                    f"(it learned nothing)")
+        return ""
+
+    def degenerate_probe(self, tab: pd.DataFrame, depths) -> str:
+        """A reason when a probe arm's per-layer gradients or activations fell below their floor at one of
+        ``depths``, else ''."""
+        reasons = []
+        for prefix, floor_name in FLOOR_METRICS:
+            rows = tab[tab.metric.str.startswith(prefix) & ~tab.metric.str.endswith("_of_mean")
+                       & tab.depth.isin(list(depths)) & (tab.layer >= 0 if prefix == "grad_" else True)]
+            if rows.empty:
+                continue
+            floor = float(self.floors[floor_name])
+            low = rows[~(rows.value.abs() >= floor)]  # NaN counts as below
+            if len(low):
+                ds = sorted({int(d) for d in low.depth})
+                reasons.append(f"{prefix.rstrip('_')} below {floor:g} at L={ds} (min {rows.value.min():.2g})")
+        return ("degenerate: " + "; ".join(reasons) + " — the signal collapsed at init") if reasons else ""
+
+
+def same(have, want) -> bool:
+    if want is None:  # null in the registry (e.g. grad_clip: off); tables hold it as NaN or None
+        return have is None or (isinstance(have, float) and math.isnan(have))
+    if isinstance(want, bool) or isinstance(have, (bool, np.bool_)):
+        return isinstance(want, bool) and isinstance(have, (bool, np.bool_)) and bool(have) == want
+    if isinstance(want, (int, float)):
+        try:
+            return math.isclose(float(have), float(want))
+        except (TypeError, ValueError):
+            return False
+    return have == want

@@ -1,0 +1,441 @@
+"""Evaluator kinds: each turns the evidence into effects with 95% CIs (``Measure``s) for one check.
+
+One registry, ``KINDS``, in the shape of the ``models/`` registries: a kind's registry keys, its unit and
+its function are declared together by ``@kind``; the registry loader validates checks against it, and a new
+kind is one decorated function here. Intervals (``workflows.stats``): a Student-t interval over seeds for
+means (over the seed-paired differences where both sides share seeds, Welch's t where none is shared; on
+the log scale for ratios); Bonferroni-adjusted per-depth t intervals for a probe value reduced over depths;
+the union of a jackknife t interval and a BCa bootstrap over seeds for statistics of seed-mean curves
+(LR sensitivity, highest stable LR, spread); Wilson intervals for divergence fractions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .. import selection, stats
+from ..scale import human, scale_of
+from .evidence import Evidence, NotRun
+from .verdict import Measure
+
+PAIRED = {"at", "lr_min", "lr_max", "expect", "device"}
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    required: frozenset
+    optional: frozenset
+    unit: str
+    fn: Callable[[Evidence, dict], list]
+    log_scale: bool = False  # the CI is a t interval of a mean log ratio
+    metric: str = ""  # the run metric it reads when the check names none
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def kind(name: str, required=(), optional=(), unit: str = "", log_scale: bool = False, metric: str = "",
+         defaults: dict | None = None):
+    """Register ``fn`` as evaluator kind ``name``; ``defaults`` are check fields it fixes (e.g. the metric)."""
+    def deco(fn):
+        run = (lambda ev, c: fn(ev, {**(defaults or {}), **c})) if defaults else fn
+        KINDS[name] = Kind(name, frozenset(required), frozenset(optional), unit, run, log_scale, metric)
+        return fn
+    return deco
+
+
+def _need(m: Measure, what: str, have: int, need: int) -> None:
+    if have < need:
+        m.short.append(f"{have} {what}, needs ≥ {need}")
+
+
+def _device_check(m: Measure, c: dict, *frames) -> None:
+    from .registry import GPU_NAME
+
+    if c.get("device") == "cuda":
+        names = {str(x) for f in frames if "device" in f.columns for x in f.device.dropna()}
+        if not names or not all(GPU_NAME.search(n) for n in names):
+            m.short.append("judged on GPU measurements only (config/paper.yaml); these ran on "
+                           + (sorted(names)[0] if names else "an unknown device"))
+
+
+def _paired_values(ev: Evidence, c: dict, metric: str, transform=None, diverged_only: bool = False):
+    """(treatment runs, control runs, {key: value}, {key: value}, how the LR was chosen, degenerate reason)."""
+    t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    if metric not in t.columns:
+        raise NotRun(f"runs.parquet has no column {metric!r}")
+    (lt, how), (lk, _) = ev.lrs_for(t, c), ev.lrs_for(k, c)
+    if diverged_only:
+        div = selection.values_at(t, lt, "diverged")
+        lt = {key: lr for key, lr in lt.items() if div.get(key)}
+
+    def vals(r, lrs):
+        v = selection.values_at(r, lrs, metric)
+        return {key: abs(x) for key, x in v.items()} if transform == "abs" else v
+
+    degenerate = ev.degenerate_runs(t, lt) or ev.degenerate_runs(k, lk)
+    return t, k, vals(t, lt), vals(k, lk), how, degenerate, (lt, lk)
+
+
+def _lr_note(c: dict, lts: tuple) -> str:
+    if c.get("at", "shared") != "best":
+        return ""
+    lt, lk = lts
+
+    def show(d):
+        return "/".join(f"{lr:g}" for lr in dict.fromkeys(d[s] for s in sorted(d))) or "—"
+    return f"LRs by fold {show(lt)} vs {show(lk)}"
+
+
+def _crossfit(t: pd.DataFrame, k: pd.DataFrame, metric: str, log: bool = False, transform=None):
+    """(effect, lo, hi, n) of the mean seed-paired treatment − control (of log values with ``log``) with each
+    side at its cross-fitted best LR (``selection.crossfit_values``). The LR choice is re-done inside every
+    leave-one-out subset, so the jackknife Student-t interval over seeds (``stats.jackknife_t_ci``) carries the
+    selection's own variability: a plain t interval over cross-fitted differences is too narrow, because the
+    two folds' differences are correlated through the choices (by simulation: 89% coverage at nominal 95%
+    with 6 vs 3 tied LRs over 4 seeds; the jackknife: ≥ 96%, tests/test_selection.py)."""
+    seeds = sorted(set(int(x) for x in t.seed) & set(int(x) for x in k.seed))
+    _, vt, st = selection.seed_lr_matrices(t, seeds, metric)
+    _, vk, sk = selection.seed_lr_matrices(k, seeds, metric)
+    if transform == "abs":
+        vt, vk = np.abs(vt), np.abs(vk)
+    if log:
+        with np.errstate(all="ignore"):
+            vt, vk = np.log(np.where(vt > 0, vt, np.nan)), np.log(np.where(vk > 0, vk, np.nan))
+
+    def stat(ix):
+        d = selection.crossfit_values(vt, st, ix) - selection.crossfit_values(vk, sk, ix)
+        d = d[np.isfinite(d)]
+        return float(d.mean()) if len(d) else math.nan
+
+    allix = np.arange(len(seeds))
+    d = selection.crossfit_values(vt, st, allix) - selection.crossfit_values(vk, sk, allix)
+    n = int(np.isfinite(d).sum())
+    effect = stat(allix) if len(seeds) else math.nan
+    lo, hi = stats.jackknife_t_ci(len(seeds), stat) if len(seeds) >= 2 else (math.nan, math.nan)
+    return effect, lo, hi, n
+
+
+@kind("metric_delta", required={"treatment", "control"}, optional=PAIRED | {"metric"})
+def k_metric_delta(ev: Evidence, c: dict) -> list[Measure]:
+    """Mean of treatment − control of a run metric, paired by seed at the compared LRs (``at``: shared or
+    each (seed, LR): Student-t interval over the paired differences, Welch's t interval when no pair is
+    shared (``stats.paired_delta``); best: cross-fitted, with the selection-aware jackknife of ``_crossfit``)."""
+    metric = c.get("metric", "final_val_loss")
+    t, k, tv, kv, how, degenerate, lts = _paired_values(ev, c, metric)
+    m = Measure(lr_choice=how, not_judged=degenerate)
+    if "cross-fitted" in how:
+        d, lo, hi, npair = _crossfit(t, k, metric)
+        m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
+    else:
+        d, lo, hi, npair = stats.paired_delta(tv, kv)
+    if npair == 0 and np.isfinite(d):
+        m.notes.append("no shared seeds: unpaired difference of means, Welch's t interval")
+        npair = min(sum(np.isfinite(list(tv.values()))), sum(np.isfinite(list(kv.values()))))
+    m.effect, m.lo, m.hi, m.n = d, lo, hi, npair
+    dropped = sum(not np.isfinite(v) for v in [*tv.values(), *kv.values()])
+    if dropped:
+        m.notes.append(f"{dropped} run(s) without a finite {metric} (diverged) left out")
+    _need(m, "seed pairs with finite values", npair, c["min_seeds"])
+    _need(m, "LRs", min(t.lr.nunique(), k.lr.nunique()), c["min_lrs"])
+    _device_check(m, c, t, k)
+    if note := _lr_note(c, lts):
+        m.notes.append(note)
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+kind("loss_delta", required={"treatment", "control"}, optional=PAIRED, unit="nats", metric="final_val_loss",
+     defaults={"metric": "final_val_loss"})(k_metric_delta)
+
+
+def _ratio(tv: dict, kv: dict, c: dict, m: Measure) -> None:
+    shared = sorted(set(tv) & set(kv))
+    good = [s for s in shared if np.isfinite(tv[s]) and np.isfinite(kv[s]) and tv[s] > 0 and kv[s] > 0]
+    logs = [math.log(tv[s] / kv[s]) for s in good]
+    m.n = len({s[0] if isinstance(s, tuple) else s for s in good})
+    if logs:
+        m.effect = math.exp(float(np.mean(logs)))
+        if c.get("deterministic"):
+            m.lo, m.hi = math.exp(min(logs)), math.exp(max(logs))
+        else:
+            _, lo, hi = stats.mean_ci(logs)
+            m.lo, m.hi = math.exp(lo), math.exp(hi)
+    if len(shared) > len(logs):
+        m.notes.append(f"{len(shared) - len(logs)} pair(s) without a finite positive value")
+    if len(logs) == 1 and not c.get("deterministic"):
+        m.short.append("1 pair: no CI")
+
+
+@kind("metric_ratio", required={"treatment", "control", "metric"}, optional=PAIRED | {"where", "transform"},
+      unit="ratio", log_scale=True)
+def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
+    """Geometric mean of treatment / control over the pairs (by seed at the compared LRs, or by (seed, LR)
+    with at: each): the exponentiated Student-t interval of the mean log ratio; deterministic checks:
+    [min, max] of the ratios."""
+    metric = c["metric"]
+    t, k, tv, kv, how, degenerate, lts = _paired_values(ev, c, metric, c.get("transform"),
+                                                        c.get("where") == "diverged")
+    m = Measure(lr_choice=how, not_judged="" if c.get("deterministic") else degenerate)
+    _ratio(tv, kv, c, m)
+    if "cross-fitted" in how and not c.get("deterministic") and c.get("where") != "diverged":
+        e, lo, hi, m.n = _crossfit(t, k, metric, log=True, transform=c.get("transform"))
+        m.effect, m.lo, m.hi = (math.exp(x) if np.isfinite(x) else math.nan for x in (e, lo, hi))
+        m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
+    if c.get("where") == "diverged" and not tv:
+        m.short.append(f"no diverged run of {c['treatment']!r}")
+    _need(m, "seeds with finite pairs", m.n, 1 if c.get("deterministic") else c["min_seeds"])
+    _need(m, "LRs", min(t.lr.nunique(), k.lr.nunique()), c["min_lrs"])
+    _device_check(m, c, t, k)
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+@kind("speed_ratio", required={"treatment", "control"}, optional={"expect", "device"}, unit="ratio",
+      log_scale=True, metric="tokens_per_s")
+def k_speed_ratio(ev: Evidence, c: dict) -> list[Measure]:
+    """Throughput treatment / control. Judged only on measurements taken side by side in one process
+    (``Evidence.speed``: the same reps alternating between the variants, paired by rep; exponentiated
+    t interval of the mean log ratio). Grid runs' tokens/s come from jobs that shared the cores with
+    other jobs, so their ratio is reported and never judged."""
+    t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    m = Measure(lr_choice="throughput does not depend on the LR")
+    sp = ev.speed
+    if sp is not None and {c["treatment"], c["control"]} <= set(sp.variant):
+        a, b = sp[sp.variant == c["treatment"]], sp[sp.variant == c["control"]]
+        _ratio(dict(zip(a.rep, a.tokens_per_s.astype(float))), dict(zip(b.rep, b.tokens_per_s.astype(float))), c, m)
+        m.notes.append(f"side-by-side bench, {m.n} alternating reps")
+        _need(m, "reps", m.n, c["min_seeds"])
+        _device_check(m, c, a, b)
+        m.params, m.tokens = scale_of(t, k)
+        return [m]
+    tv = {(int(s), float(lr)): v for s, lr, v in zip(t.seed, t.lr, t.tokens_per_s.astype(float))}
+    kv = {(int(s), float(lr)): v for s, lr, v in zip(k.seed, k.lr, k.tokens_per_s.astype(float))}
+    _ratio(tv, kv, c, m)
+    m.not_judged = ("not judged: tokens/s of grid jobs that shared the cores with other jobs (reported, never "
+                    "judged); the side-by-side speed bench judges it")
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+@kind("divergence_or_worse", required={"treatment", "control"}, optional={"worse_by", "lr_min", "lr_max", "expect"},
+      unit="fraction")
+def k_divergence_or_worse(ev: Evidence, c: dict) -> list[Measure]:
+    """Share of (seed, LR) pairs where the treatment diverged or ended ≥ worse_by nats worse; Wilson interval."""
+    t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    kk = {(int(r.seed), float(r.lr)): r for r in k.itertuples()}
+    bad, n, seeds = 0, 0, set()
+    for r in t.itertuples():
+        key = (int(r.seed), float(r.lr))
+        if key not in kk:
+            continue
+        ctl = kk[key]
+        n += 1
+        seeds.add(key[0])
+        worse = (not bool(r.diverged) and not bool(ctl.diverged) and np.isfinite(r.final_val_loss)
+                 and r.final_val_loss - ctl.final_val_loss >= float(c.get("worse_by", 0.0)))
+        bad += bool(r.diverged) or bool(worse)
+    m = Measure(n=len(seeds), lr_choice="every shared (seed, LR)")
+    if n:
+        m.effect = bad / n
+        m.lo, m.hi = stats.wilson(bad, n)
+        m.notes.append(f"{bad}/{n} (seed, LR) pairs diverged or ≥ {c.get('worse_by', 0.0):g} nats worse")
+    _need(m, "seeds", len(seeds), c["min_seeds"])
+    _need(m, "LRs", len({key[1] for key in kk}), c["min_lrs"])
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+@kind("divergence_delta", required={"treatment", "control"}, optional={"lr_min", "lr_max", "expect"},
+      unit="fraction")
+def k_divergence_delta(ev: Evidence, c: dict) -> list[Measure]:
+    """Divergence rate treatment − control over all runs; Newcombe's interval from the two Wilson intervals."""
+    t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    k1, n1, k2, n2 = int(t.diverged.sum()), len(t), int(k.diverged.sum()), len(k)
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = stats.wilson(k1, n1), stats.wilson(k2, n2)
+    d = p1 - p2  # Newcombe's hybrid score interval from the two Wilson intervals
+    m = Measure(effect=d, lo=d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+                hi=d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2), n=min(t.seed.nunique(), k.seed.nunique()),
+                lr_choice="all runs")
+    m.notes.append(f"{k1}/{n1} vs {k2}/{n2} runs diverged")
+    _need(m, "seeds", m.n, c["min_seeds"])
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+def _seed_lr_matrix(t: pd.DataFrame, k: pd.DataFrame, col_fn):
+    """(seeds, lrs, T, K): col_fn(runs) values on the seeds × LRs both variants ran."""
+    lrs = sorted(set(t.lr) & set(k.lr))
+    seeds = sorted(s for s in set(t.seed) & set(k.seed)
+                   if all(((t.seed == s) & (t.lr == lr)).any() and ((k.seed == s) & (k.lr == lr)).any() for lr in lrs))
+
+    def mat(r):
+        r = r.assign(_v=col_fn(r))
+        p = r.pivot_table(index="seed", columns="lr", values="_v", aggfunc="mean")
+        return p.reindex(index=seeds, columns=lrs).to_numpy(dtype=float)
+
+    return seeds, lrs, mat(t), mat(k)
+
+
+@kind("lr_sensitivity", required={"treatment", "control"}, optional={"lr_min", "lr_max", "expect"},
+      unit="nats (LRS)")
+def k_lr_sensitivity(ev: Evidence, c: dict) -> list[Measure]:
+    """LRS(treatment) − LRS(control) over the shared LR grid, LRS computed on the seed-mean capped-score
+    curves (Wortsman et al. 2023). Not a mean of per-seed values: interval = union of the jackknife
+    Student-t interval and the BCa bootstrap over the shared seeds (``stats.seed_ci``)."""
+    t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    seeds, lrs, T, K = _seed_lr_matrix(t, k, selection.capped_score)
+    l0t, l0k = float(t.init_loss.iloc[0]), float(k.init_loss.iloc[0])
+
+    def lrs_of(M, l0, ix):
+        return stats.lr_sensitivity(dict(zip(lrs, M[ix].mean(axis=0))), l0)
+
+    def effect(ix):
+        return lrs_of(T, l0t, ix) - lrs_of(K, l0k, ix)
+
+    m = Measure(n=len(seeds), lr_choice="over the whole shared LR grid")
+    if seeds and lrs:
+        allix = np.arange(len(seeds))
+        m.effect = effect(allix)
+        m.lo, m.hi = stats.seed_ci(len(seeds), effect)
+        m.notes.append(f"LRS {lrs_of(T, l0t, allix):.3f} vs {lrs_of(K, l0k, allix):.3f} over {len(lrs)} LRs")
+    _need(m, "shared seeds", len(seeds), c["min_seeds"])
+    _need(m, "shared LRs", len(lrs), c["min_lrs"])
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+@kind("max_stable_lr", required={"treatment", "control"}, optional={"lr_min", "lr_max", "expect"},
+      unit="grid steps")
+def k_max_stable_lr(ev: Evidence, c: dict) -> list[Measure]:
+    """Grid steps between the largest LRs at which no seed diverged: a property of the set of seeds, so the
+    interval is the union of the jackknife t interval and the BCa bootstrap over the shared seeds."""
+    t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    seeds, lrs, T, K = _seed_lr_matrix(t, k, lambda r: r.diverged.astype(float))
+
+    def top(D, ix):
+        ok = np.where(D[ix].sum(axis=0) == 0)[0]
+        return int(ok.max()) if len(ok) else -1
+
+    def effect(ix):
+        return float(top(T, ix) - top(K, ix))
+
+    m = Measure(n=len(seeds), lr_choice="over the whole shared LR grid")
+    if seeds and lrs:
+        allix = np.arange(len(seeds))
+        m.effect = effect(allix)
+        m.lo, m.hi = stats.seed_ci(len(seeds), effect)
+        name = lambda i: f"{lrs[i]:g}" if i >= 0 else "none"  # noqa: E731
+        m.notes.append(f"highest stable LR {name(top(T, allix))} vs {name(top(K, allix))}")
+        if top(K, allix) == len(lrs) - 1:
+            m.short.append(f"{c['control']!r} never diverged up to the grid's largest LR {lrs[-1]:g} "
+                           "(censored: extend the LR grid)")
+    _need(m, "shared seeds", len(seeds), c["min_seeds"])
+    _need(m, "shared LRs", len(lrs), c["min_lrs"])
+    m.params, m.tokens = scale_of(t, k)
+    return [m]
+
+
+@kind("spread", required={"variants"}, optional={"at", "lr_min", "lr_max", "expect"}, unit="relative")
+def k_spread(ev: Evidence, c: dict) -> list[Measure]:
+    """max/min − 1 of the variants' seed-mean capped scores at their compared LRs (``at``; a cross-fitted
+    best LR gives each seed the LR chosen on the other fold): a ratio of extremes of seed means, so the
+    interval is the union of the jackknife t interval and the BCa bootstrap over the shared seeds."""
+    frames = [ev.variant(v, c) for v in c["variants"]]
+    chosen = [ev.lrs_for(f, c) for f in frames]
+    how = chosen[0][1]
+    if "cross-fitted" in how:  # the LR choice is re-done inside every resample (selection-aware interval)
+        seeds = sorted(set.intersection(*(set(int(x) for x in f.seed) for f in frames)))
+        mats = [selection.seed_lr_matrices(f, seeds, "final_val_loss")[2] for f in frames]
+
+        def effect(ix):
+            cols = [selection.crossfit_values(sc, sc, ix) for sc in mats]
+            mean = np.array([x[np.isfinite(x)].mean() if np.isfinite(x).any() else math.nan for x in cols])
+            return float(mean.max() / mean.min() - 1) if np.isfinite(mean).all() else math.nan
+    else:
+        scores = [selection.values_at(f.assign(_score=selection.capped_score(f)), lrs, "_score")
+                  for f, (lrs, _) in zip(frames, chosen)]
+        seeds = sorted(set.intersection(*(set(s) for s in scores)))
+        M = np.array([[scores[j][s] for j in range(len(frames))] for s in seeds])
+
+        def effect(ix):
+            mean = M[ix].mean(axis=0)
+            return float(mean.max() / mean.min() - 1)
+
+    m = Measure(n=len(seeds), lr_choice=how)
+    if seeds:
+        m.effect = effect(np.arange(len(seeds)))
+        m.lo, m.hi = stats.seed_ci(len(seeds), effect)
+        if {"d_model", "n_layers"} <= set(frames[0].columns):
+            m.notes.append("d_model/n_layers " + ", ".join(f"{int(f.d_model.iloc[0]) / int(f.n_layers.iloc[0]):.0f}"
+                                                          for f in frames))
+    _need(m, "shared seeds", len(seeds), c["min_seeds"])
+    m.params, m.tokens = scale_of(*frames)
+    return [m]
+
+
+@kind("probe", required={"probe", "arm", "metric"}, optional={"by", "reduce", "stat", "required_depths"})
+def k_probe(ev: Evidence, c: dict) -> list[Measure]:
+    """A probe metric of one arm: per depth (by: depth) the mean over seeds with a Student-t interval;
+    stat: loglog_slope, the mean of the per-seed slopes against depth with a t interval; reduce: max|min
+    over depths of the seed means, Bonferroni-adjusted per-depth t intervals reduced the same way
+    (``stats.extreme_mean_ci``). Deterministic checks: [min, max] of the values. An arm whose gradients or
+    activations fell below the floors (``Evidence.degenerate_probe``) is not judged."""
+    tab = ev.probe(c["probe"])
+    tab = tab[tab.arm == c["arm"]]
+    if tab.empty:
+        raise NotRun(f"probe {c['probe']!r} has no arm {c['arm']!r}")
+    rows = tab[tab.metric == c["metric"]]
+    if rows.empty:
+        raise NotRun(f"probe {c['probe']!r} wrote no metric {c['metric']!r}")
+    depths = sorted(rows.depth.unique())
+    params = f"{human(tab.params.min())}–{human(tab.params.max())}" if tab.params.nunique() > 1 \
+        else human(tab.params.iloc[0])
+    tokens = f"{human(tab.tokens.max())}/model"
+    missing = sorted(set(c.get("required_depths") or []) - set(depths))
+
+    def new(at_depths, **kw):
+        m = Measure(params=params, tokens=tokens, lr_choice="at init (no training)", **kw)
+        if missing:
+            m.short.append(f"probe ran L={depths}, the claim needs L={sorted(c['required_depths'])}")
+        if not c.get("deterministic"):
+            m.not_judged = ev.degenerate_probe(tab, at_depths)
+        return m
+
+    def summarise(values, m):
+        v = [x for x in values if np.isfinite(x)]
+        m.n = len(v)
+        if len(v) < len(values):
+            m.notes.append(f"{len(values) - len(v)} non-finite value(s)")
+        if v:
+            m.effect = float(np.mean(v))
+            m.lo, m.hi = (min(v), max(v)) if c.get("deterministic") else stats.mean_ci(v)[1:]
+        _need(m, "seeds with finite values", m.n, 1 if c.get("deterministic") else c["min_seeds"])
+        return m
+
+    if "by" in c:
+        return [summarise(rows[rows.depth == d].value.tolist(), new([d], group=f"L={d}")) for d in depths]
+    P = rows.pivot_table(index="seed", columns="depth", values="value", aggfunc="mean")
+    if "stat" in c:  # log-log slope against depth, one per seed
+        slopes = []
+        for _, r in P.iterrows():
+            ok = r[np.isfinite(r) & (r > 0)]
+            slopes.append(float(np.polyfit(np.log(ok.index.astype(float)), np.log(ok.values), 1)[0])
+                          if len(ok) >= 2 else math.nan)
+        m = summarise(slopes, new(depths, group=f"L={depths[0]}–{depths[-1]}"))
+        _need(m, "depths", len(depths), 2)
+        return [m]
+    if "reduce" in c:
+        A = P.to_numpy(dtype=float)
+        m = new(depths, group=f"{c['reduce']} over L={depths[0]}–{depths[-1]}", n=int(np.isfinite(A).all(axis=1).sum()))
+        m.effect, lo, hi = stats.extreme_mean_ci(A, c["reduce"])
+        m.lo, m.hi = (m.effect, m.effect) if c.get("deterministic") else (lo, hi)
+        _need(m, "seeds", m.n, 1 if c.get("deterministic") else c["min_seeds"])
+        return [m]
+    return [summarise(rows.value.tolist(), new(depths))]

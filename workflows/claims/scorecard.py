@@ -1,0 +1,244 @@
+"""The scorecard: every check of the registry judged on the evidence → claims.csv, claims.md (and the
+forest figure, drawn by ``workflows.figures.claims_forest``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..io import write_csv, write_text
+from .evidence import Evidence, NotRun
+from .kinds import KINDS
+from .registry import RegistryError, check_variants, load_registry
+from .verdict import VERDICTS, combine, fmt, holds_region, judge, power
+
+RULE_TEXT = (
+    "**The verdict rule.** Every bound is fixed in `config/claims.yaml` before the runs, in raw units, with its "
+    "rationale; none depends on the noise observed. An *equivalence or band* check **holds** when the 95% CI lies "
+    "inside its region, is **contradicted** when the CI lies wholly outside it, and is **inconclusive** otherwise "
+    "(a CI inside that excludes the null is reported as different but smaller than the margin). A *directional* "
+    "check **holds** when the CI lies wholly on the claimed side of its threshold and is **contradicted** only "
+    "when the CI excludes every value the claim allows, so a CI that contains the published effect is never "
+    "contradicted. **Not judged**: a degenerate arm (loss at ℓ0, gradients or activations below a stated floor) "
+    "or throughput of grid jobs that shared cores — reported, never judged. **Inconclusive** also when the "
+    "evidence is below the check's minimum; **not run**: the grid lacks what it compares. LRs: a comparison is "
+    "made at the grid's pre-registered shared LR (`compare_lr`) or at each variant's cross-fitted best LR "
+    "(chosen on the other half of the seeds), never at an LR chosen on the seeds that estimate it. MDE: the "
+    "smallest distance from the nearest bound that this many seeds decide with 80% power (two-sided α = 0.05); "
+    "seeds to decide: at the observed effect and noise. A verdict counts when a second run on fresh seeds gives "
+    "it again (`workflows.replicate`).")
+
+
+def _published(p) -> str:
+    return "; ".join(map(str, p)) if isinstance(p, list) else str(p)
+
+
+def _source(s: dict) -> str:
+    out = s.get("paper", "")
+    if s.get("arxiv"):
+        out += f", arXiv:{s['arxiv']}"
+    if s.get("where"):
+        out += f", {s['where']}"
+    return out
+
+
+def evaluate(registry, ev: Evidence) -> pd.DataFrame:
+    """One row per (check, group): effect, CI, holds region, verdict and reason, power (mde, seeds_needed),
+    how the LR was chosen; the claim's verdict joined."""
+    reg = load_registry(registry)
+    ev.floors = reg["floors"]
+    rows = []
+    for cl in reg["claims"]:
+        for c in cl["checks"]:
+            spec = KINDS[c["kind"]]
+            a, b, text = holds_region(c)
+            base = {"claim": cl["id"], "check": c["full_id"], "title": cl["title"], "what": c["what"],
+                    "kind": c["kind"], "source": _source(cl["source"]), "quote": cl["source"].get("quote", ""),
+                    "published": _published(cl["published"]), "published_effect": c.get("published", math.nan),
+                    "confidence": cl.get("confidence", ""), "claim_note": cl.get("note", ""),
+                    "compares": (f"{c['probe']}:{c['arm']}" if c["kind"] == "probe"
+                                 else " vs ".join(check_variants(c)) if c["kind"] == "spread"
+                                 else f"{c['treatment']} vs {c['control']}"),
+                    "metric": c.get("metric", spec.metric), "unit": c["unit"], "rule": text,
+                    "rationale": c.get("rationale", ""), "holds_low": a, "holds_high": b}
+            try:
+                measures = spec.fn(ev, c)
+            except NotRun as e:
+                rows.append({**base, "group": "", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                             "n": 0, "verdict": "not run", "reason": str(e), "notes": "", "lr_choice": "",
+                             "mde": math.nan, "seeds_needed": math.nan, "decides_as": "", "to_decide": "",
+                             "params": "", "tokens": ""})
+                continue
+            for m in measures:
+                verdict, why = judge(m.effect, m.lo, m.hi, c, m.short, m.not_judged)
+                pw = power(m.effect, m.lo, m.hi, m.n, c, spec.log_scale)
+                if verdict in ("holds", "contradicted"):
+                    pw["to_decide"] = ""
+                elif m.short:
+                    pw["to_decide"] = "first: " + "; ".join(m.short) + (f"; then {pw['to_decide']}" if pw["to_decide"] else "")
+                rows.append({**base, "group": m.group, "effect": m.effect, "ci_low": m.lo, "ci_high": m.hi,
+                             "n": m.n, "verdict": verdict, "reason": why, "notes": "; ".join(m.notes),
+                             "lr_choice": m.lr_choice, **pw, "params": m.params, "tokens": m.tokens})
+    df = pd.DataFrame(rows)
+    claim_verdict = {cid: combine(g.verdict.tolist()) for cid, g in df.groupby("claim", sort=False)}
+    df.insert(1, "claim_verdict", df.claim.map(claim_verdict))
+    return df
+
+
+def _ci(r) -> str:
+    if not np.isfinite(r.effect):
+        return "—"
+    s = fmt(r.effect)
+    if np.isfinite(r.ci_low) and np.isfinite(r.ci_high):
+        s += f" [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+    return s + (f" {r.unit}" if r.unit and r.unit not in ("ratio",) else "×" if r.unit == "ratio" else "")
+
+
+def _seeds(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return "∞" if math.isinf(x) else f"{int(x)}"
+
+
+def markdown(df: pd.DataFrame, grid: dict | None, runs: pd.DataFrame | None) -> str:
+    name = (grid or {}).get("name", "")
+    lines = [f"# Replication scorecard{' — grid ' + repr(name) if name else ''}", ""]
+    if runs is not None and len(runs):
+        lines.append(f"{len(runs)} runs of {runs.variant.nunique()} variants, {runs.seed.nunique()} seed(s) "
+                     f"{sorted(runs.seed.unique().tolist())}, LRs {sorted(runs.lr.unique().tolist())}; "
+                     f"device: {', '.join(sorted(set(runs.device.astype(str))))}"
+                     + (f"; pre-registered comparison LR {grid['compare_lr']:g}" if (grid or {}).get("compare_lr")
+                        else "") + ".")
+    lines += [
+        "Computed by `workflows.claims` from `runs.parquet` and `probes/*.parquet` against the registry "
+        "`config/claims.yaml`; do not edit by hand. Effects are treatment − control (or treatment / control for "
+        "ratios, geometric mean) with 95% CIs: a Student-t interval over seeds for means (over the seed-paired "
+        "differences where both sides share seeds, Welch's t where they share none; on the log scale for "
+        "ratios); for a probe value reduced over depths, Bonferroni-adjusted per-depth t intervals; for LR "
+        "sensitivity, highest stable LR and spread, the union of a jackknife t interval and a BCa bootstrap over "
+        f"seeds (seed {stats.BOOTSTRAP_SEED}); Wilson intervals for divergence fractions. Scale: parameters and "
+        "training tokens per run (probes: per model); a result at this scale is a finding about this scale.", "",
+        RULE_TEXT, "", "## Claims", ""]
+    counts = df.groupby("claim", sort=False).verdict.apply(
+        lambda v: ", ".join(f"{int((v == x).sum())} {x}" for x in VERDICTS if (v == x).any()))
+    claims = df.drop_duplicates("claim")
+    t = pd.DataFrame({"claim": claims.claim, "title": claims.title,
+                      "verdict": claims.claim_verdict.map(lambda v: f"**{v}**"),
+                      "checks": claims.claim.map(counts), "prior confidence at small scale": claims.confidence,
+                      "note": claims.claim_note})
+    lines += [t.to_markdown(index=False), "", "## Checks", ""]
+    first = ~df.claim.duplicated()
+    t = pd.DataFrame({
+        "claim": np.where(first, df.claim, ""),
+        "source": np.where(first, df.source, ""),
+        "check": [c.split(".", 1)[1] + (f" ({g})" if g else "") for c, g in zip(df.check, df.group)],
+        "what": df.what, "compares": df.compares,
+        "measured effect [95% CI]": [_ci(r) for r in df.itertuples()],
+        "holds if": df.rule, "verdict": df.verdict.map(lambda v: f"**{v}**"),
+        "why": [r.reason + (f" ({r.notes})" if r.notes else "") for r in df.itertuples()],
+        "n": df.n, "MDE": [fmt(x) for x in df.mde], "seeds to decide": [_seeds(x) for x in df.seeds_needed],
+        "LR": df.lr_choice,
+        "scale (params · tokens)": [f"{p} · {t}" if p else "—" for p, t in zip(df.params, df.tokens)],
+    })
+    t = t.apply(lambda col: col.map(lambda x: x.replace("|", "\\|") if isinstance(x, str) else x))
+    lines += [t.to_markdown(index=False), ""]
+    lines += ["## Margins and their reasons", "",
+              "Each bound was fixed before the runs; the published effect, where the check states one, lies inside "
+              "its holds region (the loader rejects a check that would contradict its own source).", ""]
+    for r in df.drop_duplicates("check").itertuples():
+        pub = f" Published effect: {fmt(r.published_effect)}." if np.isfinite(r.published_effect) else ""
+        lines.append(f"- **{r.check}** holds if {r.rule}: {r.rationale or '—'}{pub}")
+    lines.append("")
+    undecided = df[df.verdict == "inconclusive"]
+    if len(undecided):
+        lines += ["## What it would take to decide the inconclusive checks", ""]
+        for r in undecided.itertuples():
+            lines.append(f"- {r.check}{' (' + r.group + ')' if r.group else ''} — {r.what}: {r.reason}. "
+                         + (f"MDE at n = {r.n}: {fmt(r.mde)}; " if np.isfinite(r.mde) else "") + (r.to_decide or ""))
+        lines.append("")
+    quotes = df.drop_duplicates("claim")
+    lines += ["## Sources, as quoted", ""]
+    for r in quotes.itertuples():
+        lines.append(f"- **{r.claim}** {r.source}: {r.quote or '(no quote recorded)'}")
+    lines.append("")
+    left = df[(df.kind != "probe") & ((df.verdict == "not run")
+                                      | df.reason.str.contains("too little evidence", regex=False))]
+    if len(left):
+        lines += ["## Not decided on this grid: left to other grids", "",
+                  "These checks need variants, seeds, LRs or GPU runs this grid does not have (the reason names "
+                  "the grid that defines a missing variant).", ""]
+        for r in left.itertuples():
+            lines.append(f"- {r.check}{' (' + r.group + ')' if r.group else ''} — {r.what}: {r.reason}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_probes(paths) -> dict:
+    out = {}
+    for p in paths or []:
+        p = Path(p)
+        if p.exists():
+            out[p.stem] = pd.read_parquet(p)
+    return out
+
+
+def variants_elsewhere(paths) -> dict:
+    """variant -> the grid config files (e.g. config/paper.yaml) that define it."""
+    import yaml
+
+    from ..sweeps import expand
+
+    out: dict = {}
+    for p in paths or []:
+        if Path(p).exists():
+            with open(p) as f:
+                cfg = yaml.safe_load(f) or {}
+            try:
+                names = list(expand(cfg)[0])  # sweep values are variants too
+            except ValueError:  # a broken grid elsewhere does not stop this scorecard
+                names = list(cfg.get("variants") or {})
+            for v in names:
+                out.setdefault(v, []).append(str(p))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="The replication scorecard: claims registry + runs -> verdicts.")
+    ap.add_argument("--registry", default="config/claims.yaml")
+    ap.add_argument("--runs", help="runs.parquet (omit: only probe checks can be judged)")
+    ap.add_argument("--grid", help="grid.json (name and compare_lr of the grid)")
+    ap.add_argument("--probes", nargs="*", default=[], help="probe tables (results/probes/<name>.parquet)")
+    ap.add_argument("--speed", help="side-by-side throughput table (speed.parquet) for the speed checks")
+    ap.add_argument("--grids", nargs="*", default=["config/config.yaml", "config/paper.yaml"],
+                    help="grid configs named in the scorecard for variants this grid lacks")
+    ap.add_argument("--csv", required=True)
+    ap.add_argument("--md", required=True)
+    ap.add_argument("--figure", help="PNG path; a PDF is written beside it")
+    args = ap.parse_args(argv)
+    runs = pd.read_parquet(args.runs) if args.runs else None
+    grid = json.loads(Path(args.grid).read_text()) if args.grid else None
+    speed = pd.read_parquet(args.speed) if args.speed and Path(args.speed).exists() else None
+    compare_lr = (grid or {}).get("compare_lr")
+    try:
+        df = evaluate(args.registry, Evidence(runs, load_probes(args.probes), variants_elsewhere(args.grids),
+                                              compare_lr=float(compare_lr) if compare_lr else None, speed=speed))
+    except RegistryError as e:
+        print(f"error: {args.registry}: {e}", file=sys.stderr)
+        return 2
+    write_csv(args.csv, df)
+    write_text(args.md, markdown(df, grid, runs))
+    if args.figure:
+        from ..figures import claims_figure
+
+        png = Path(args.figure)
+        claims_figure(df, png, png.with_suffix(".pdf"), runs, (grid or {}).get("baseline"))
+    claims = df.drop_duplicates("claim")
+    print(" ".join(f"{c}:{v}" for c, v in zip(claims.claim, claims.claim_verdict)))
+    print(df.groupby("verdict").size().to_string())
+    return 0

@@ -1,0 +1,140 @@
+"""How a run is scored and at which learning rate a variant is compared: defined once, used by the
+tables (``aggregate``), the figures and the claims scorecard.
+
+- ``capped_score``: a run's final validation loss, with a diverged or non-finite run counted as ℓ0 (its loss
+  at initialisation) and every loss capped at ℓ0 — the convention of Wortsman et al. 2023 §2.2 for LR
+  sensitivity, used everywhere a variant's LRs are ranked.
+- ``lr_scores`` / ``best_lr``: the mean capped score per LR over a set of seeds, and the LR where it is lowest
+  (ties go to the smaller LR). Picked on all seeds this is *descriptive*: the tables show it as the in-sample
+  best LR, and it must not feed an effect estimate on the same seeds.
+- ``crossfit_lrs``: the LR each seed is evaluated at when the LR is chosen without the winner's curse: the
+  seeds are split into two folds (alternating in sorted order) and every seed gets the best LR of the *other*
+  fold. The maximum of k noisy means is optimistic by about one standard error with 3-5 near-tied LRs (van
+  Hasselt 2013; Cawley & Talbot 2010), so choosing and estimating on the same seeds biases an effect toward
+  whichever arm has more LRs; cross-fitting removes that bias.
+- ``comparison_lrs``: seed → LR for a variant under a comparison mode — ``shared`` (the grid's pre-registered
+  ``compare_lr``, the same for every variant, fixed before the runs), ``best`` (cross-fitted), or ``each``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+MODES = ("shared", "best", "each")
+
+
+def capped_score(runs: pd.DataFrame) -> pd.Series:
+    """Final loss with diverged or non-finite runs counted as ℓ0 (``init_loss``) and capped at ℓ0."""
+    loss = pd.to_numeric(runs.final_val_loss, errors="coerce").astype(float)
+    init = runs.init_loss.astype(float)
+    bad = runs.diverged.astype(bool) | ~np.isfinite(loss)
+    return pd.Series(np.where(bad, init, np.minimum(loss, init)), index=runs.index, dtype=float)
+
+
+def lr_scores(runs: pd.DataFrame, seeds=None) -> pd.Series:
+    """Mean capped score per LR (index sorted ascending) over ``seeds`` (all seeds when None)."""
+    r = runs if seeds is None else runs[runs.seed.isin(list(seeds))]
+    if r.empty:
+        return pd.Series(dtype=float)
+    return r.assign(_score=capped_score(r)).groupby("lr")._score.mean().sort_index()
+
+
+def best_lr(runs: pd.DataFrame, seeds=None) -> float:
+    """The LR with the lowest mean capped score over ``seeds`` (ties: the smaller LR); NaN without runs."""
+    s = lr_scores(runs, seeds)
+    if s.empty:
+        return math.nan
+    return float(s.index[int(np.argmin(s.to_numpy()))])
+
+
+def folds(seeds) -> list[list[int]]:
+    """The two cross-fitting folds of a set of seeds: alternating in sorted order ([0, 2, ..], [1, 3, ..])."""
+    s = sorted({int(x) for x in seeds})
+    return [s[0::2], s[1::2]]
+
+
+def crossfit_lrs(runs: pd.DataFrame, seeds=None) -> dict[int, float]:
+    """seed → the best LR of the other fold's seeds (``folds``). With fewer than 2 seeds there is no other
+    fold: the result is empty (no estimate is possible without reusing the seed)."""
+    seeds = sorted({int(x) for x in (runs.seed if seeds is None else seeds)})
+    if len(seeds) < 2:
+        return {}
+    out = {}
+    a, b = folds(seeds)
+    for fold, other in ((a, b), (b, a)):
+        lr = best_lr(runs, other)
+        for s in fold:
+            out[s] = lr
+    return out
+
+
+def comparison_lrs(runs: pd.DataFrame, mode: str, shared_lr: float | None = None) -> dict:
+    """Which runs of one variant a comparison uses: {seed: lr} for ``best`` (cross-fitted) and ``shared``;
+    for ``each``, {(seed, lr): lr} over every run. ``shared`` without a ``shared_lr`` is a ValueError."""
+    if mode not in MODES:
+        raise ValueError(f"at={mode!r}; choose one of {list(MODES)}")
+    if mode == "each":
+        return {(int(s), float(lr)): float(lr) for s, lr in zip(runs.seed, runs.lr)}
+    if mode == "best":
+        return crossfit_lrs(runs)
+    if shared_lr is None or not np.isfinite(shared_lr):
+        raise ValueError("at: shared needs the grid's compare_lr")
+    have = {float(x) for x in runs.lr}
+    lr = next((x for x in have if math.isclose(x, float(shared_lr), rel_tol=1e-9)), None)
+    return {} if lr is None else {int(s): lr for s in sorted(set(runs.seed[runs.lr == lr]))}
+
+
+def values_at(runs: pd.DataFrame, lrs: dict, column: str) -> dict:
+    """{key: value of ``column``} for the runs named by ``comparison_lrs``' {key: lr} (key: seed or (seed, lr))."""
+    out = {}
+    by = {(int(s), float(lr)): v for s, lr, v in zip(runs.seed, runs.lr, runs[column].astype(float))}
+    for key, lr in lrs.items():
+        seed = key[0] if isinstance(key, tuple) else key
+        if (int(seed), float(lr)) in by:
+            out[key] = by[(int(seed), float(lr))]
+    return out
+
+
+def describe(mode: str, shared_lr: float | None = None) -> str:
+    """How a comparison chose its LR, for tables, captions and the scorecard."""
+    if mode == "shared":
+        return f"at the grid's pre-registered shared LR {shared_lr:g}" if shared_lr else "at a shared LR"
+    if mode == "best":
+        return "at each variant's cross-fitted best LR (chosen on the other half of the seeds)"
+    return "paired by (seed, LR) at every shared LR"
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-fitted comparisons with a selection-aware interval
+def seed_lr_matrices(runs: pd.DataFrame, seeds, column: str) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """(lrs, values, scores): ``column`` and the capped score of one variant's runs as seeds × LRs arrays over
+    ``seeds`` (NaN where a run is missing)."""
+    lrs = sorted({float(x) for x in runs.lr})
+    r = runs.assign(_v=runs[column].astype(float), _s=capped_score(runs))
+    v = r.pivot_table(index="seed", columns="lr", values="_v", aggfunc="mean", dropna=False)
+    s = r.pivot_table(index="seed", columns="lr", values="_s", aggfunc="mean", dropna=False)
+    return (lrs, v.reindex(index=list(seeds), columns=lrs).to_numpy(dtype=float),
+            s.reindex(index=list(seeds), columns=lrs).to_numpy(dtype=float))
+
+
+def crossfit_values(values: np.ndarray, scores: np.ndarray, ix) -> np.ndarray:
+    """Each seed of ``ix`` (row indices, repeats allowed as in a bootstrap resample) evaluated at the LR whose
+    mean score is lowest over the *other* fold of the distinct seeds in ``ix``: ``folds`` on the distinct
+    rows, so a resample re-does the selection inside it (selection-aware intervals need that). NaN for a
+    seed with no other fold."""
+    ix = np.asarray(ix, dtype=int)
+    a, b = folds(np.unique(ix))
+    out = np.full(len(ix), np.nan)
+    for fold, other in ((a, b), (b, a)):
+        if not other:
+            continue
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(scores[other], axis=0)
+        if not np.isfinite(mean).any():
+            continue
+        lr = int(np.nanargmin(mean))
+        mask = np.isin(ix, fold)
+        out[mask] = values[ix[mask], lr]
+    return out
