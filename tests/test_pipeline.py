@@ -127,6 +127,8 @@ def test_micro_pipeline_kill_resume_and_outputs(tmp_path, work, grid):
     ({"variants": {"baseline": {"model": {"n_kv_heads": 3}}}}, "n_kv_heads=3 must divide n_heads"),
     ({"variants": {"baseline": {"train": {"warmup": 3}}}}, "unknown train config field(s) ['warmup']"),
     ({"seeds": [-1]}, "seeds"),
+    ({"seed_offset": -1}, "seed_offset"),
+    ({"seed_offset": 2.5}, "seed_offset"),
     ({"lrs": "0.1"}, "lrs"),
     ({"baseline": "nope"}, "baseline='nope' is not one of the variants"),
     ({"variants": {"bad name!": {}}}, "bad name!"),

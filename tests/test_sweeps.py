@@ -122,7 +122,8 @@ def test_schema_accepts_sweeps_and_rejects_unknown_keys(tmp_path):
 
 
 def test_sweep_variant_is_planned_by_the_pipeline(tmp_path):
-    """A dry run of the Snakefile on a grid with a sweep plans one train job per sweep value."""
+    """A dry run of the Snakefile on a grid with a sweep plans one train job per sweep value, except for a
+    value that is the base config itself (dropout 0): its runs are the baseline's, trained once."""
     import subprocess
     import sys
 
@@ -132,8 +133,11 @@ def test_sweep_variant_is_planned_by_the_pipeline(tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(repo / "Snakefile"), "--directory",
-                           str(tmp_path), "--configfile", str(path), "--cores", "1"], capture_output=True, text=True)
+                           str(tmp_path), "--configfile", str(path), "--cores", "1", "-p"],
+                          capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    for v in ("dropout_0", "dropout_0.1", "dropout_0.3", "baseline"):
+    for v in ("dropout_0.1", "dropout_0.3", "baseline"):
         assert f"variant={v}\n" in out or f"variant={v}" in out.split(), v
+    assert "variant=dropout_0" not in out.split()  # = the baseline: no train job of its own
+    assert f"dropout_0={tmp_path / 'r'}/runs/baseline/seed0/lr0.01" in out  # aggregate files it under both

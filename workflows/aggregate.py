@@ -35,7 +35,7 @@ import pandas as pd
 
 from models import ModelConfig
 
-from . import stats
+from . import selection, stats
 from .data import train_unigram_entropy
 from .flags import (FLAG_RULES, FLAGS, best_lr_at_edge, flag_marks, on_plateau,
                     still_improving)
@@ -60,13 +60,17 @@ def spike_score(grad_norms: np.ndarray, window: int = 1000, sigmas: float = 7.0)
     return float(100 * ((s > mean + sigmas * std) & valid).sum() / valid.sum())
 
 
-def run_row(run_dir: Path, grid: dict) -> tuple[dict, pd.DataFrame]:
+def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """One run's row and history. ``variant``: file them under this variant (and its family) instead of
+    the one that trained the run: a run two variants share (``workflows.grid``) is trained once and read
+    once per variant that names it, with identical numbers."""
     m = json.loads((run_dir / "metrics.json").read_text())
     h = pd.read_parquet(run_dir / "history.parquet")
     cfg = m["config"]
     mc = ModelConfig.from_dict(cfg["model"])
-    meta = grid["variants"].get(m["variant"], {})
-    row = {"variant": m["variant"], "family": meta.get("family", ""), "seed": m["seed"], "lr": m["lr"],
+    label = variant or m["variant"]
+    meta = grid["variants"].get(label, {})
+    row = {"variant": label, "family": meta.get("family", ""), "seed": m["seed"], "lr": m["lr"],
            "status": m["status"]}
     row.update({a: cfg["model"].get(a) for a in AXES if a in cfg["model"]})
     row.update(n_kv_heads=mc.kv_heads, attention=mc.attention_kind, head_dim=mc.dim_head, d_ff=mc.ffn_dim)
@@ -88,16 +92,24 @@ def run_row(run_dir: Path, grid: dict) -> tuple[dict, pd.DataFrame]:
     row["grad_spike_score"] = spike_score(gn.value.to_numpy()) if len(gn) else math.nan
     h.insert(0, "lr", m["lr"])
     h.insert(0, "seed", m["seed"])
-    h.insert(0, "variant", m["variant"])
+    h.insert(0, "variant", label)
     return row, h
 
 
+def run_entry(arg: str, grid: dict) -> Path | tuple[str, Path]:
+    """A ``--runs`` argument: RUN_DIR, or VARIANT=RUN_DIR (a variant name holds no '=' or '/')."""
+    variant, sep, rest = arg.partition("=")
+    if sep and "/" not in variant and variant in grid["variants"]:
+        return variant, Path(rest)
+    return Path(arg)
+
+
 def best_lr_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (variant, lr): mean over seeds of the final loss with diverged runs counted as ℓ0."""
-    r = runs.assign(loss_or_init=np.where(runs.diverged | runs.final_val_loss.isna(), runs.init_loss,
-                                          np.minimum(runs.final_val_loss, runs.init_loss)))
-    return r.groupby(["variant", "lr"], as_index=False).agg(score=("loss_or_init", "mean"),
-                                                             n=("seed", "size"), k_div=("diverged", "sum"))
+    """Per (variant, lr): mean over seeds of the capped score (``selection.capped_score``: diverged runs
+    counted as ℓ0), runs and diverged runs."""
+    r = runs.assign(score=selection.capped_score(runs))
+    return r.groupby(["variant", "lr"], as_index=False).agg(score=("score", "mean"), n=("seed", "size"),
+                                                             k_div=("diverged", "sum"))
 
 
 def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = None,
@@ -105,34 +117,43 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
     """One row per variant (see the module docstring); ``history`` (long format, with variant/seed/lr) is
     needed for ``still_improving`` and ``unigram_entropy`` (nats/token; or {data_key: nats/token} when
     variants use different token files, e.g. a vocabulary sweep) for ``on_plateau``; without them those
-    flags are NaN."""
+    flags are NaN. The final loss is shown at the variant's in-sample best LR (descriptive); Δ vs the
+    baseline is estimated at the grid's pre-registered ``compare_lr`` when it has one, else at each side's
+    cross-fitted best LR (``selection``), never at an LR chosen on the seeds that estimate it."""
     baseline = grid["baseline"]
     per_lr = best_lr_table(runs)
-    best = per_lr.loc[per_lr.groupby("variant").score.idxmin()].set_index("variant")
     order = [v for v in grid["order"] if v in set(runs.variant)]
+    best = {v: selection.best_lr(runs[runs.variant == v]) for v in order}
+    compare_lr = grid.get("compare_lr")
+    mode = "shared" if compare_lr else "best"
 
     def at_best(v):
-        r = runs[(runs.variant == v) & (runs.lr == best.loc[v, "lr"])]
+        r = runs[(runs.variant == v) & (runs.lr == best[v])]
         return dict(zip(r.seed, r.final_val_loss.astype(float)))
+
+    def compared(v):
+        r = runs[runs.variant == v]
+        return selection.values_at(r, selection.comparison_lrs(r, mode, compare_lr), "final_val_loss")
 
     val_hist = None
     if history is not None and len(history):
         val_hist = history[(history.kind == "val") & (history.metric == "loss")]
     base_tps = runs[runs.variant == baseline].tokens_per_s.median() if baseline in set(runs.variant) else math.nan
-    base_at_best = at_best(baseline) if baseline in best.index else {}
+    base_compared = compared(baseline) if baseline in best else {}
     rows = []
     for v in order:
         r = runs[runs.variant == v]
         vals = at_best(v)
         mean, lo, hi = stats.mean_ci(list(vals.values()))
-        d, dlo, dhi, npair = stats.paired_delta(vals, base_at_best) if v != baseline else (0.0, 0.0, 0.0, len(vals))
+        cmp = compared(v)
+        d, dlo, dhi, npair = stats.paired_delta(cmp, base_compared) if v != baseline else (0.0, 0.0, 0.0, len(cmp))
         k, n = int(r.diverged.sum()), len(r)
         wlo, whi = stats.wilson(k, n)
         lrs = per_lr[per_lr.variant == v]
         stable = r.groupby("lr").diverged.sum()
         stable = stable[stable == 0]
         tps = r.tokens_per_s.median()
-        eta = float(best.loc[v, "lr"])
+        eta = float(best[v])
         if val_hist is not None:
             hv = val_hist[(val_hist.variant == v) & np.isclose(val_hist.lr.astype(float), eta, rtol=1e-9, atol=0)]
             at = r[np.isclose(r.lr.astype(float), eta, rtol=1e-9, atol=0)]
@@ -142,9 +163,10 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             improving = math.nan
         rows.append({
             "variant": v, "family": grid["variants"][v].get("family", ""), "runs": n,
-            "seeds": r.seed.nunique(), "lrs": r.lr.nunique(), "best_lr": best.loc[v, "lr"],
+            "seeds": r.seed.nunique(), "lrs": r.lr.nunique(), "best_lr": best[v],
             "final_loss": mean, "final_loss_ci_low": lo, "final_loss_ci_high": hi,
             "delta_vs_baseline": d, "delta_ci_low": dlo, "delta_ci_high": dhi, "delta_pairs": npair,
+            "delta_at": selection.describe(mode, compare_lr),
             "diverged": k, "divergence_rate": k / n if n else math.nan, "divergence_ci_low": wlo,
             "divergence_ci_high": whi,
             "lr_sensitivity": stats.lr_sensitivity(dict(zip(lrs.lr, lrs.score)), float(r.init_loss.iloc[0])),
@@ -206,7 +228,9 @@ def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None 
     ({"nats_per_token", "bits_per_byte"}, ``workflows.data.train_unigram_entropy``) for ``on_plateau``.
     When the runs use several token files (e.g. a vocabulary sweep) and ``data_meta`` (WORK/data/KEY/meta.json)
     is given, each variant is judged against its own files' entropy, read from WORK/data/<its data_key>/."""
-    rows, hists = zip(*(run_row(Path(d), grid) for d in run_dirs))
+    # an entry is a run folder, or (variant, folder) for a run shared with (trained by) another variant
+    rows, hists = zip(*(run_row(Path(d[1]), grid, d[0]) if isinstance(d, tuple) else run_row(Path(d), grid)
+                        for d in run_dirs))
     runs = pd.DataFrame(rows)
     order = {v: i for i, v in enumerate(grid["order"])}
     runs = runs.sort_values(["variant", "lr", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c)
@@ -223,10 +247,12 @@ def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None 
     write_parquet(out / "runs.parquet", runs)
     write_parquet(out / "history.parquet", history)
     write_csv(out / "summary.csv", summary)
-    header = ("Per variant at its best LR (lowest mean final validation loss over seeds, diverged runs counted "
-              f"as ln(vocab)). Final loss: mean with a {stats.T_INTERVAL}; Δ vs baseline: paired by seed, "
-              f"{stats.PAIRED_T_INTERVAL}; divergence: Wilson 95% score interval over all runs of the variant."
-              "\n\n")
+    delta_at = summary.delta_at.iloc[0] if len(summary) else ""
+    header = ("Final loss per variant at its in-sample best LR (lowest mean capped score over all its seeds, "
+              f"diverged runs counted as ln(vocab); descriptive): mean with a {stats.T_INTERVAL}. Δ vs baseline: "
+              f"{delta_at}, paired by seed, {stats.PAIRED_T_INTERVAL} — not at the in-sample best LR, whose "
+              "selection on the same seeds would bias it. Divergence: Wilson 95% score interval over all runs of "
+              "the variant.\n\n")
     write_text(out / "summary.md", header + markdown_summary(summary) + "\n\n" + markdown_notes(unigram) + "\n")
     with atomic_path(out / "summary.tex") as tmp:
         tmp.write_text(summary.drop(columns=["family"]).to_latex(index=False, float_format="%.4g"))
@@ -236,14 +262,17 @@ def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Aggregate finished runs into tidy tables.")
     p.add_argument("--grid", required=True, help="grid.json written by the pipeline (variants, order, baseline)")
-    p.add_argument("--runs", nargs="+", required=True, help="run folders holding metrics.json + history.parquet")
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="run folders holding metrics.json + history.parquet; VARIANT=RUN_DIR files a run that "
+                        "another variant trained (an identical config) under VARIANT as well")
     p.add_argument("--out", default="results")
     p.add_argument("--data-meta", help="meta.json of the token files (WORK/data/KEY/meta.json): the training "
                                        "split's unigram entropy for the on_plateau flag (absent: NaN)")
     args = p.parse_args(argv)
     grid = json.loads(Path(args.grid).read_text())
     unigram = train_unigram_entropy(args.data_meta) if args.data_meta else None
-    runs, summary = aggregate([Path(r) for r in args.runs], grid, Path(args.out), unigram, args.data_meta)
+    entries = [run_entry(r, grid) for r in args.runs]
+    runs, summary = aggregate(entries, grid, Path(args.out), unigram, args.data_meta)
     bad = runs[runs.status != "ok"]
     print(f"{len(runs)} runs ({len(bad)} diverged) of {runs.variant.nunique()} variants -> {args.out}/")
 

@@ -3,10 +3,22 @@
 A variant is the base model/train config plus a few overrides (one axis for a one-factor ablation).
 ``Grid.from_config`` builds and validates every run config up front, so a bad value anywhere in the
 grid stops the pipeline before any job runs, with a message naming the variant and the field.
+
+Seeds: ``seed_offset`` (default 0) is added to every seed the grid names (its ``seeds``, and each
+variant's or sweep's own ``seeds``), so ``--config seed_offset=1000`` trains the same grid on other seeds
+(a replication). The shifted seeds are disjoint from the unshifted ones when the offset exceeds the
+largest seed named; nothing checks that. The runs record the shifted (actual) seed.
+
+No run trained twice: two runs whose resolved run configs are identical apart from the variant label
+(model, data, train incl. lr, seed: ``run_key``) are one run. It is trained once, by the first variant in
+grid order that names it (its *owner*, ``Grid.owner``), and shared by every later variant that names it
+(an *alias*): a sweep value equal to the base config is the baseline's run, not a copy of it.
+``Grid.job_runs`` holds only a variant's own runs; ``Grid.dedup`` reports what was shared.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +31,34 @@ from .train import RunConfig
 def lr_label(lr: float) -> str:
     """Path-safe, round-trippable LR label: 0.003 -> '0.003', 1e-05 -> '1e-05'."""
     return f"{lr:g}"
+
+
+def _plain_numbers(x):
+    """ints as floats (bools kept): grad_clip 1 and 1.0 are one setting."""
+    if isinstance(x, dict):
+        return {k: _plain_numbers(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain_numbers(v) for v in x]
+    return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+
+
+def run_key(run: dict) -> str:
+    """What makes two runs the same run: sha256 of the resolved run config without its variant label --
+    the model, data and train configs (lr included) and the seed, defaults filled in, the model's derived
+    sizes resolved (head_dim, d_ff, n_kv_heads: null and the value it stands for build the same model)
+    and numbers compared as numbers (1 == 1.0)."""
+    cfg = RunConfig.from_dict(run)
+    d = cfg.to_dict()
+    d.pop("variant", None)
+    d["model"].update(head_dim=cfg.model.dim_head, d_ff=cfg.model.ffn_dim, n_kv_heads=cfg.model.kv_heads)
+    return hashlib.sha256(json.dumps(_plain_numbers(d), sort_keys=True).encode()).hexdigest()
+
+
+def check_seed_offset(value) -> int:
+    """``seed_offset`` must be an integer >= 0 (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"seed_offset={value!r} must be an integer >= 0")
+    return value
 
 
 def deep_update(base: dict, over: dict) -> dict:
@@ -37,12 +77,18 @@ class Grid:
     def from_config(cls, config: dict) -> "Grid":
         from .sweeps import expand
 
+        check_seed_offset(config.get("seed_offset", 0))
         variants, sweeps = expand(config)
         grid = cls({**config, "variants": variants}, sweeps)
         if grid.baseline not in grid.variants:
             raise ConfigError(f"baseline={grid.baseline!r} is not one of the variants {list(grid.variants)}")
         if len(set(map(lr_label, grid.lrs))) != len(grid.lrs):
             raise ConfigError(f"lrs={grid.lrs} has duplicates")
+        if grid.compare_lr is not None:
+            base_lrs = grid.variant_lrs(grid.baseline)
+            if not any(abs(grid.compare_lr - lr) <= 1e-12 * lr for lr in base_lrs):
+                raise ConfigError(f"compare_lr={grid.compare_lr:g} must be one of the baseline's LRs {base_lrs}: the "
+                                  "claims compare every variant with the baseline there")
         for v in grid.variants:
             for lr in grid.variant_lrs(v):
                 for s in grid.variant_seeds(v):
@@ -50,7 +96,19 @@ class Grid:
                         grid.run_config(v, s, lr)
                     except (ConfigError, ValueError) as e:
                         raise ConfigError(f"variant {v!r}: {e}") from None
+        grid._share_runs()
         return grid
+
+    def _share_runs(self) -> None:
+        """Assign each (variant, seed, lr) the variant that trains it: the first one (grid order, then
+        seed-major, LR) naming the same run (``run_key``)."""
+        first: dict[str, tuple[str, int, float]] = {}
+        self._owner: dict[tuple[str, int, str], tuple[str, int, float]] = {}
+        for v in self.variants:
+            for s in self.variant_seeds(v):
+                for lr in self.variant_lrs(v):
+                    key = run_key(self.run_dict(v, s, lr))
+                    self._owner[(v, s, lr_label(lr))] = first.setdefault(key, (v, s, lr))
 
     @property
     def baseline(self) -> str:
@@ -61,15 +119,28 @@ class Grid:
         return self.config["variants"]
 
     @property
+    def compare_lr(self) -> float | None:
+        """The pre-registered shared LR the claims compare variants at (``config['compare_lr']``; None: each
+        variant at its cross-fitted best LR)."""
+        x = self.config.get("compare_lr")
+        return None if x is None else float(x)
+
+    @property
+    def seed_offset(self) -> int:
+        return int(self.config.get("seed_offset", 0) or 0)
+
+    @property
     def seeds(self) -> list[int]:
-        return list(self.config["seeds"])
+        """The grid's seeds, ``seed_offset`` added (the seeds its runs train with)."""
+        return [int(s) + self.seed_offset for s in self.config["seeds"]]
 
     @property
     def lrs(self) -> list[float]:
         return [float(x) for x in self.config["lrs"]]
 
     def variant_seeds(self, v: str) -> list[int]:
-        return list(self.variants[v].get("seeds") or self.seeds)
+        """Variant ``v``'s seeds (its own ``seeds`` or the grid's), ``seed_offset`` added."""
+        return [int(s) + self.seed_offset for s in ((self.variants[v] or {}).get("seeds") or self.config["seeds"])]
 
     def variant_lrs(self, v: str) -> list[float]:
         return [float(x) for x in (self.variants[v].get("lrs") or self.lrs)]
@@ -85,10 +156,60 @@ class Grid:
     def run_config(self, variant: str, seed: int, lr: float) -> RunConfig:
         return RunConfig.from_dict(self.run_dict(variant, seed, lr))
 
+    def variant_runs(self, variant: str) -> list[tuple[int, float]]:
+        """Every (seed, lr) variant ``variant`` names (seed-major, then LR), its aliases included."""
+        return [(s, lr) for s in self.variant_seeds(variant) for lr in self.variant_lrs(variant)]
+
+    def owner(self, variant: str, seed: int, lr: float) -> tuple[str, int, float]:
+        """(variant, seed, lr) of the run that stands for ``variant``'s run (seed, lr): itself, or the
+        identical run of the first variant in grid order that names it (then ``variant``'s is an alias)."""
+        if not hasattr(self, "_owner"):
+            self._share_runs()
+        return self._owner[(variant, int(seed), lr_label(float(lr)))]
+
+    def is_alias(self, variant: str, seed: int, lr: float) -> bool:
+        return self.owner(variant, seed, lr)[0] != variant
+
     def job_runs(self, variant: str) -> list[dict]:
-        """The run configs of variant ``variant``'s train job (seed-major, then LR): one process trains
-        them all, so a CPU grid pays the interpreter start once per variant and a GPU grid compiles once."""
-        return [self.run_dict(variant, s, lr) for s in self.variant_seeds(variant) for lr in self.variant_lrs(variant)]
+        """The run configs of variant ``variant``'s train job (seed-major, then LR): its own runs, not its
+        aliases (``owner``). One process trains them all, so a CPU grid pays the interpreter start once
+        per variant and a GPU grid compiles once. Empty for a variant whose runs all are aliases: it has
+        no train job."""
+        return [self.run_dict(variant, s, lr) for s, lr in self.variant_runs(variant)
+                if not self.is_alias(variant, s, lr)]
+
+    def trained_variants(self) -> list[str]:
+        """The variants with a train job (at least one run of their own), in grid order."""
+        return [v for v in self.variants if self.job_runs(v)]
+
+    def dedup(self) -> dict:
+        """How many runs the grid names and trains: {"named", "trained", "aliases", "shared": [{variant,
+        seed, lr, trained_by}], "alias_only": [variants without a train job]}."""
+        shared = []
+        for v in self.variants:
+            for s, lr in self.variant_runs(v):
+                o = self.owner(v, s, lr)
+                if o[0] != v:
+                    shared.append({"variant": v, "seed": s, "lr": lr, "trained_by": o[0]})
+        named = sum(len(self.variant_runs(v)) for v in self.variants)
+        return {"named": named, "trained": named - len(shared), "aliases": len(shared), "shared": shared,
+                "alias_only": [v for v in self.variants if not self.job_runs(v)]}
+
+    def dedup_line(self) -> str:
+        """One line for the Snakefile's start-up: runs named, trained, shared."""
+        d = self.dedup()
+        line = (f"archbench grid {self.config.get('name', '')!r}: {d['named']} runs named, {d['trained']} trained"
+                f", {d['aliases']} shared with an identical run of an earlier variant")
+        if d["aliases"]:
+            by = {}
+            for a in d["shared"]:
+                by.setdefault(a["variant"], a["trained_by"])
+            line += " (" + ", ".join(f"{v}<-{o}" for v, o in by.items()) + ")"
+        if d["alias_only"]:
+            line += f"; {len(d['alias_only'])} variant(s) without a train job"
+        if self.seed_offset:
+            line += f"; seed_offset {self.seed_offset}"
+        return line
 
     def job_steps(self, variant: str) -> int:
         """Training steps of a variant's job: its scheduling priority (longest first balances the cores)."""
@@ -98,7 +219,7 @@ class Grid:
         """What aggregate/figures/claims need: order, baseline, families, seeds, LRs, base configs."""
         return {
             "name": self.config.get("name", ""), "baseline": self.baseline, "order": list(self.variants),
-            "seeds": self.seeds, "lrs": self.lrs,
+            "seeds": self.seeds, "seed_offset": self.seed_offset, "lrs": self.lrs, "compare_lr": self.compare_lr,
             "variants": {v: {"family": (s or {}).get("family", "other"), "description": (s or {}).get("description", ""),
                              "model": (s or {}).get("model", {}), "train": (s or {}).get("train", {}),
                              "data": (s or {}).get("data", {}),
@@ -106,6 +227,7 @@ class Grid:
                          for v, s in self.variants.items()},
             "model": self.config.get("model", {}), "train": self.config.get("train", {}),
             "data": self.config.get("data", {}), "sweeps": self.sweeps,
+            "dedup": self.dedup(),
         }
 
 

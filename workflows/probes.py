@@ -51,13 +51,21 @@ PROBE_COLUMNS = ("probe", "arm", "seed", "depth", "layer", "metric", "value", "p
 SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                 "d_ff")
 DEFAULT_MODEL = {"d_model": 64, "n_heads": 4, "n_kv_heads": None, "context_length": 64}
+DEFAULT_SEEDS = (0, 1, 2)  # init seeds per probe model when claims.probes.seeds is not set
+
+
+def offset_probe_seeds(probes: dict, offset: int) -> dict:
+    """The ``claims.probes`` section with the pipeline's ``seed_offset`` added to its seeds (to
+    ``DEFAULT_SEEDS`` when it sets none): a replication's probes draw other models too."""
+    seeds = (probes or {}).get("seeds") or list(DEFAULT_SEEDS)
+    return {**(probes or {}), "seeds": [int(s) + int(offset) for s in seeds]}
 
 
 @dataclass
 class ProbeSettings:
     """Sizes of the probes: the pipeline config's ``claims.probes`` section (defaults: CPU-cheap)."""
 
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    seeds: list = field(default_factory=lambda: list(DEFAULT_SEEDS))
     batch_size: int = 8
     model: dict = field(default_factory=dict)  # shape fields over DEFAULT_MODEL
     grad_depths: list = field(default_factory=lambda: [3, 6, 12])

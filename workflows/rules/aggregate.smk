@@ -15,7 +15,8 @@ rule aggregate:
     conda:
         "../../environment.yml"
     params:
-        runs=lambda w: " ".join(run_dirs()),
+        # every run each variant names, in grid order; VARIANT=FOLDER: a run shared with an earlier variant
+        runs=lambda w: " ".join(shlex.quote(r) for r in aggregate_runs()),
         out=lambda w, output: os.path.dirname(output[0]),  # RESULTS
     shell:
         "python -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {params.out}"

@@ -1,6 +1,7 @@
 # Claims: probes (measurements that are not training runs) and the replication scorecard.
 #   results/probes/<probe>.parquet  one job per probe of the registry (workflows.probes)
 #   results/claims.csv, .md, figures/claims.png/.pdf  verdict per check (workflows.claims)
+#   results/replication.csv, .md     with replicate_of: PATH, this run's verdicts against PATH's (workflows.replicate)
 import yaml as _yaml
 
 from workflows.stats import BOOTSTRAP_SEED as _BOOT_SEED  # noqa: E402
@@ -13,6 +14,33 @@ with open(CLAIMS_REGISTRY) as _f:
 PROBE_NAMES = sorted(PROBE_SPECS)
 PROBE_FILES = [f"{RESULTS}/probes/{name}.parquet" for name in PROBE_NAMES]
 CLAIM_OUTPUTS = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md", f"{FIGURES}/claims.png", f"{FIGURES}/claims.pdf"]
+with open(CLAIMS_REGISTRY) as _f:  # the variants of the speed checks whose two arms this grid has, in grid order
+    _speed = {v for cl in (_yaml.safe_load(_f) or {}).get("claims") or [] for c in cl.get("checks") or []
+              if c.get("kind") == "speed_ratio" and {c.get("treatment"), c.get("control")} <= set(GRID.variants)
+              for v in (c["treatment"], c["control"])}
+SPEED_VARIANTS = [v for v in GRID.variants if v in _speed]
+SPEED_TABLE = f"{RESULTS}/speed.parquet"
+
+
+rule speed:
+    """Side-by-side throughput of the variants the speed claims compare (workflows.speed): one job that takes
+    every core, so no other job runs beside it; torch uses the grid's per-job threads."""
+    output:
+        SPEED_TABLE,
+    log:
+        f"{LOGS}/speed.log",
+    conda:
+        "../../environment.yml"
+    threads: workflow.cores
+    params:
+        runs=shlex.quote(json.dumps({v: GRID.run_dict(v, GRID.variant_seeds(v)[0], GRID.variant_lrs(v)[0])
+                                     for v in SPEED_VARIANTS}, sort_keys=True)),
+        torch_threads=int(config.get("threads", 1)),
+        reps=int((config.get("speed") or {}).get("reps", 7)),
+        steps=int((config.get("speed") or {}).get("steps", 20)),
+    shell:
+        "python -m workflows.speed --runs-json {params.runs} --out {output} --reps {params.reps}"
+        " --steps {params.steps} --threads {params.torch_threads} > {log} 2>&1"
 
 
 rule probe:
@@ -46,6 +74,7 @@ rule claims:
         grid=f"{RESULTS}/grid.json",
         registry=CLAIMS_REGISTRY,
         probes=PROBE_FILES,
+        speed=SPEED_TABLE,
     output:
         csv=f"{RESULTS}/claims.csv",
         md=report(f"{RESULTS}/claims.md", caption="../report/claims.rst", category="Claims",
@@ -62,5 +91,34 @@ rule claims:
         seed=_BOOT_SEED,  # shown in the caption
     shell:
         "python -m workflows.claims --registry {input.registry} --runs {input.runs} --grid {input.grid}"
-        " --probes {input.probes} --grids {params.grids} --csv {output.csv} --md {output.md}"
+        " --probes {input.probes} --speed {input.speed} --grids {params.grids} --csv {output.csv} --md {output.md}"
         " --figure {output.png} > {log} 2>&1"
+
+
+# Replication: `--config seed_offset=1000 replicate_of=results results=results/replicate work=work/replicate`
+# trains the same grid on other seeds and compares its scorecard with the earlier run's (in rule all then).
+REPLICATE_OF = os.path.normpath(config["replicate_of"]) if config.get("replicate_of") else None
+if REPLICATE_OF:
+    if os.path.normpath(REPLICATE_OF) == os.path.normpath(RESULTS):
+        raise WorkflowError(f"replicate_of={REPLICATE_OF!r} is this run's own results folder; set results= "
+                            "to a new folder (and seed_offset to new seeds)")
+    REPLICATION_OUTPUTS = [f"{RESULTS}/replication.csv", f"{RESULTS}/replication.md"]
+    CLAIM_OUTPUTS += REPLICATION_OUTPUTS
+
+    rule replication:
+        """This run's scorecard (RESULTS) against an earlier run's of the same grid (replicate_of)."""
+        input:
+            original=f"{REPLICATE_OF}/claims.csv",
+            replicate=f"{RESULTS}/claims.csv",
+        output:
+            csv=f"{RESULTS}/replication.csv",
+            md=f"{RESULTS}/replication.md",
+        log:
+            f"{LOGS}/replication.log",
+        conda:
+            "../../environment.yml"
+        params:
+            original=lambda w, input: os.path.dirname(input.original),  # replicate_of
+            results=lambda w, input: os.path.dirname(input.replicate),  # RESULTS
+        shell:
+            "python -m workflows.replicate {params.original} {params.results} --out {params.results} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # Shared by every rule: the validated config, the grid of runs, paths and the Python to call.
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -20,11 +21,18 @@ validate(config, "../schemas/config.schema.json")
 
 from workflows.grid import Grid, lr_label  # noqa: E402
 from workflows.data import DataConfig  # noqa: E402
+from workflows.probes import offset_probe_seeds  # noqa: E402
 
 try:
     GRID = Grid.from_config(config)
 except ValueError as e:  # ConfigError / DataError: name the field, run nothing
     raise WorkflowError(f"invalid config: {e}") from None
+# seed_offset shifts the probes' seeds too (claims.probes.seeds, default workflows.probes.DEFAULT_SEEDS)
+if GRID.seed_offset:
+    config["claims"] = {**(config.get("claims") or {})}
+    config["claims"]["probes"] = offset_probe_seeds((config["claims"].get("probes") or {}), GRID.seed_offset)
+# one line at start-up: runs named / trained / shared (an identical run is trained once: Grid.dedup)
+print(GRID.dedup_line(), file=sys.stderr)
 
 RESULTS, FIGURES, WORK, LOGS = config["results"], config["figures"], config["work"], config["logs"]
 DATA_KEY = DataConfig.from_dict(config["data"]).key()
@@ -48,13 +56,31 @@ def work_of(data_meta):
 
 
 def job_dirs():
-    return [JOB_DIR.format(variant=v) for v in GRID.variants]
+    """The train jobs' folders: one per variant with runs of its own (a variant whose runs all are
+    aliases of an earlier variant's has none)."""
+    return [JOB_DIR.format(variant=v) for v in GRID.trained_variants()]
 
 
 def job_run_subdirs(variant):
     """seed<s>/lr<lr> of each of variant's runs inside its JOB_DIR, in its train job's order (GRID.job_runs)."""
-    return [f"seed{d['seed']}/lr{lr_label(d['train']['lr'])}" for d in GRID.job_runs(variant)]
+    return [run_subdir(d["seed"], d["train"]["lr"]) for d in GRID.job_runs(variant)]
 
 
-def run_dirs():
-    return [f"{JOB_DIR.format(variant=v)}/{sub}" for v in GRID.variants for sub in job_run_subdirs(v)]
+def run_subdir(seed, lr):
+    return f"seed{seed}/lr{lr_label(lr)}"
+
+
+def aggregate_runs():
+    """What aggregate reads, in grid order (variant, seed, LR), one entry per run each variant names: its
+    own run's folder, or VARIANT=FOLDER for a run it shares with an earlier variant (FOLDER is that
+    variant's run; aggregate files its rows under VARIANT too, numbers identical)."""
+    out = []
+    for v in GRID.variants:
+        for s, lr in GRID.variant_runs(v):
+            owner, oseed, olr = GRID.owner(v, s, lr)
+            folder = f"{JOB_DIR.format(variant=owner)}/{run_subdir(oseed, olr)}"
+            out.append(folder if owner == v else f"{v}={folder}")
+    return out
+
+
+TRAINED_VARIANTS = "|".join(re.escape(v) for v in GRID.trained_variants())  # the train rule's wildcard

@@ -3,6 +3,9 @@
 # config.yaml). Runs train in stores under WORK/runs/ that outlive a cut-off job, so a killed grid
 # resumes without retraining a finished run. A diverged run is a successful run with a result.
 # Jobs with more training steps start first (priority), which balances the cores at the end of a grid.
+# No run is trained twice: a run identical to an earlier variant's (same model, data, train, lr, seed;
+# workflows.grid.Grid.owner) is not in this variant's job, and a variant whose runs all are shared has
+# no train job (aggregate reads the shared runs from the variant that trained them).
 
 
 rule train:
@@ -17,6 +20,8 @@ rule train:
         f"{LOGS}/benchmarks/train/{{variant}}.tsv"
     conda:
         "../../environment.yml"
+    wildcard_constraints:
+        variant=TRAINED_VARIANTS,  # only variants with runs of their own
     priority: lambda w: GRID.job_steps(w.variant)
     params:
         # the job's run configs, key order normalised: a change to them (and only to them) re-runs this job
@@ -32,4 +37,4 @@ rule train:
         gpu_mem_mb=config.get("gpu_mem_mb", 0),
     shell:
         "python -m workflows.train --json {params.runs} --out {params.outs} --work {params.work}"
-        " --threads {threads} --peak-flops {input.peak} > {log} 2>&1"
+        " --threads {threads} --peak-flops {input.peak} --gpu-mem-mb {resources.gpu_mem_mb} > {log} 2>&1"
