@@ -1,8 +1,11 @@
 """Causal self-attention: MHA (n_kv_heads = n_heads), GQA (1 < g < n_heads) and MQA (g = 1).
 
 Query head h reads key/value head ``h // (n_heads / n_kv_heads)``. The fast path is
-``F.scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V is materialised); the
-explicit path is used only when logits are soft-capped (Gemma 2: ``cap · tanh(s / cap)``).
+``F.scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V is materialised). Soft-capped
+logits (Gemma 2: ``cap · tanh(s / cap)``) take ``torch.nn.attention.flex_attention`` with the cap as its
+score_mod and a causal block mask (no T×T score matrix is materialised) where it is available and
+trains: CUDA, no attention dropout. Elsewhere (CPU: flex has no backward there, and its eager
+fallback materialises the scores anyway) they take the explicit path, which is what CPU results use.
 Optional per-head QK-norm (Dehghani et al. 2023; Wortsman et al. 2023) uses the configured norm.
 """
 from __future__ import annotations
@@ -17,8 +20,39 @@ from .norms import make_norm
 from .positions import Rotary
 
 
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # older torch
+    create_block_mask = flex_attention = None
+
+FLEX = "auto"  # auto: flex for soft-capped attention on CUDA without dropout | on | off (tests)
+_compiled_flex = None
+
+
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def use_flex(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether soft-capped attention takes flex_attention (see the module docstring)."""
+    if flex_attention is None or FLEX == "off":
+        return False
+    return FLEX == "on" or (q.is_cuda and dropout_p == 0.0)
+
+
+def _flex_fn(q: torch.Tensor):
+    """flex_attention itself inside a compiled model or on the CPU (eager reference, forward only);
+    on CUDA outside torch.compile its compiled kernel (the eager one would materialise the scores)."""
+    global _compiled_flex
+    if torch.compiler.is_compiling() or not q.is_cuda:
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
 
 
 class Attention(nn.Module):
@@ -60,6 +94,8 @@ class Attention(nn.Module):
         if self.cap is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
                                                enable_gqa=self.n_kv != self.n_heads)
+        elif use_flex(q, p):
+            y = self.flex(q, k, v)
         else:
             y = self.explicit(q, k, v, p)
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
@@ -73,6 +109,20 @@ class Attention(nn.Module):
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         a = s.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         return F.dropout(a, p) @ self._repeat_kv(v)
+
+    def flex(self, q, k, v) -> torch.Tensor:
+        """Soft-capped causal attention without materialising the scores (no dropout)."""
+        cap, T = self.cap, q.shape[-2]
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return cap * torch.tanh(score / cap)
+
+        mask = create_block_mask(_causal, None, None, T, T, device=q.device)
+        # contiguous inputs: with v a strided view of the fused qkv projection and RoPE'd q, k, inductor's
+        # flex kernel (torch 2.13, CPU) returned wrong values; tests/test_gpu_path.py checks it compiled
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        return _flex_fn(q)(q, k, v, score_mod=score_mod, block_mask=mask, scale=self.scale,
+                           enable_gqa=self.n_kv != self.n_heads)
 
     @torch.no_grad()
     def max_logit(self, q, k) -> torch.Tensor:

@@ -235,3 +235,34 @@ def test_cli_reports_bad_config_with_exit_2(tmp_path, capsys):
     assert T.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "norm_position='middle'" in err and "pre" in err and not (tmp_path / "o").exists()
+
+
+def test_divergence_is_a_returned_reason_and_the_recorder_prints_nothing(corpus, capsys):
+    cfg = T.RunConfig.from_dict(run_dict(corpus, divergence_patience=3))
+    rec = T.Recorder(cfg, init_loss=math.log(256), bytes_per_token=1.0)
+    for step in range(3):
+        rec.step(step, torch.tensor(9.0), torch.tensor(1.0), 1e-3, 0.01, timed=True)
+        reason = rec.check_divergence(step)  # no exception: a reason or None
+        assert (reason is None) == (step < 2), (step, reason)
+    assert "stayed above" in reason and rec.state.above == 3
+    rec = T.Recorder(cfg, init_loss=math.log(256), bytes_per_token=1.0)
+    rec.step(0, torch.tensor(float("nan")), torch.tensor(1.0), 1e-3, 0.01, timed=True)
+    assert rec.check_divergence(0) == "non-finite train loss (nan) at step 0"
+    assert rec.val(5, 3.0) is None and rec.state.best_val == 3.0
+    assert rec.val(6, float("inf")) == "non-finite validation loss at step 6"
+    assert "val 3.0000" in rec.progress(5, 3.0, 1e-3)
+    assert capsys.readouterr().out == ""  # printing is the loop's
+    assert isinstance(rec.state, T.RunState) and rec.state.to_dict()["history"][0][:3] == (0, "train", "loss")
+
+
+def test_runs_of_one_model_with_different_eval_windows_use_their_own_windows(corpus, work, tmp_path):
+    """Validation windows are cached by what defines them, not by the model: a job whose runs differ only in
+    eval_windows evaluates each on its own windows, exactly as separate processes do."""
+    cfgs = [T.RunConfig.from_dict(run_dict(corpus, eval_windows=n, steps=10)) for n in (8, 12)]
+    T.run_job(cfgs, [tmp_path / "job" / f"w{i}" for i in range(2)], work, threads=1)
+    for i, cfg in enumerate(cfgs):
+        T.train(cfg, tmp_path / "alone" / f"w{i}", work, threads=1)
+        (m1, h1), (m2, h2) = read(tmp_path / "job" / f"w{i}"), read(tmp_path / "alone" / f"w{i}")
+        pd.testing.assert_frame_equal(h1, h2)
+        assert m1["provenance"]["eval_batches"]["windows"] == cfg.train.eval_windows
+    assert read(tmp_path / "job" / "w0")[0]["final_val_loss"] != read(tmp_path / "job" / "w1")[0]["final_val_loss"]

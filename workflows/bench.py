@@ -4,6 +4,7 @@ forward + backward + optimizer, and the slowdown from per-layer statistics.
     python -m workflows.bench                       # CPU sizes
     python -m workflows.bench --sizes gpt2-small    # on a GPU: d 768, 12 layers, T 1024, bf16, compile
     python -m workflows.bench --json out.json
+    python -m workflows.bench --peak                # sustained peak matmul FLOP/s, measured now (not cached)
 
 Every number is a ratio or rate taken side by side in one process: nothing here asserts a time.
 """
@@ -37,10 +38,11 @@ class Bench:
 
         self.cfg = RunConfig.from_dict({
             "variant": f"bench-{size}", "seed": 0, "model": {**SIZES[size], **GPT2_AXES},
-            "train": {"steps": 10**6, "batch_size": batch_size, "stats_every": stats_every, "checkpoint_every": 0,
+            "train": {"steps": 10**4, "batch_size": batch_size, "stats_every": stats_every, "checkpoint_every": 0,
                       "eval_every": 10**9, "log_every": 10, "compile": compile_}})
         self.job = Job(self.cfg, Path(work), Path(work) / "device" / "peak_flops.json")
         self.model, _ = self.job.model_for(self.cfg)
+        self.job.begin_run(self.cfg)  # as in training: on CUDA the batch offsets go to the device once
         self.opt = make_optimizer(self.model, self.cfg.train, self.job.device)
 
     def step(self, step: int) -> None:
@@ -59,14 +61,29 @@ class Bench:
 
 
 def time_steps(b: Bench, steps: int, warmup: int) -> list[float]:
-    times = []
+    """Seconds of each step after ``warmup``, timed as the training loop times them (workflows.device.StepClock:
+    the host clock on CPU; CUDA events on a GPU, read after the last step, so the host never waits per step)."""
+    clock, ticks = dev.StepClock(b.job.device), []
     for step in range(warmup + steps):
-        t0 = time.perf_counter()
+        tick = clock.start()
         b.step(step)
-        dev.synchronize(b.job.device)
+        tick = clock.stop(tick)
         if step >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+            ticks.append(tick)
+    clock.settle()
+    return [clock.seconds(t) for t in ticks]
+
+
+def peak_rows(device_name: str = "auto", dtypes=("float32", "bfloat16")) -> list[dict]:
+    """The sustained peak matmul rate of this device per dtype, measured now (workflows.device.measure_peak_flops)."""
+    d = dev.resolve_device(device_name)
+    rows = []
+    for name in dtypes:
+        dtype = dev.resolve_dtype(name, d)
+        rows.append({"device": dev.device_name(d), "dtype": name, "key": dev.peak_key(d, dtype),
+                     "threads": torch.get_num_threads(), "flops": dev.measure_peak_flops(d, dtype),
+                     "method": dev.PEAK_METHOD})
+    return rows
 
 
 def phase_times(b: Bench, steps: int) -> dict[str, float]:
@@ -128,9 +145,19 @@ def main(argv=None):
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--work", default="work")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--peak", action="store_true", help="only measure the sustained peak matmul FLOP/s (fp32, bf16)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.peak:
+        rows = peak_rows()
+        for r in rows:
+            print(f"{r['key']}: {r['flops'] / 1e12:.3f} TFLOP/s sustained ({r['method']})")
+        if args.json:
+            from .io import write_json
+
+            write_json(args.json, rows)
+        return
     rows = [bench(s, args.batch_size, args.steps, args.work, args.compile) for s in args.sizes]
     cols = ["size", "params", "step_ms", "tokens_per_s", "mfu", "forward_ms", "backward_ms", "optimizer_ms",
             "outside_fwd_bwd_opt_share", "stats_every_50_slowdown"]

@@ -8,6 +8,8 @@ max attention logit, output log Z). ``Recorder.metrics`` turns the state into ``
 
 Divergence: a run diverges when a loss is non-finite, or when the smoothed (EMA) train loss stays
 above ℓ0 = ln(vocab) + ``divergence_margin`` for ``divergence_patience`` consecutive log checks.
+``Recorder.check_divergence`` and ``Recorder.val`` return the reason (a string) or None; the loop in
+``workflows.train.fit`` ends on a reason. The recorder prints nothing: it formats (``progress``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,8 +32,27 @@ from .io import sanitize
 HISTORY_COLUMNS = ("step", "kind", "metric", "layer", "site", "value")
 
 
-class Diverged(Exception):
-    pass
+@dataclass
+class RunState:
+    """What a run has done so far; saved in its checkpoint as a plain dict (``asdict``), as it always was."""
+    step: int = 0  # steps completed (not advanced by the step at which the run diverged)
+    history: list = field(default_factory=list)  # (step, kind, metric, layer, site, value) rows
+    ema: float | None = None  # smoothed train loss (divergence detector)
+    above: int = 0  # consecutive log checks with the EMA above ln(vocab) + margin
+    timed_tokens: int = 0  # steady-state throughput: tokens and seconds of the timed steps
+    timed_seconds: float = 0.0
+    wall: float = 0.0  # wall time over all segments
+    diverged: dict | None = None  # {"step", "reason"} once diverged
+    started: float = field(default_factory=time.time)
+    best_val: float = float("inf")
+    segments: int = 0  # processes that worked on the run
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**d)
 
 
 def vector_norm(tensors) -> float:
@@ -69,15 +91,18 @@ def git_commit() -> str:
 
 
 class Recorder:
-    """Everything one run records; ``state`` is saved in its checkpoint."""
+    """Everything one run records; ``state`` (a ``RunState``) is saved in its checkpoint.
 
-    def __init__(self, cfg, init_loss: float, bytes_per_token: float):
+    ``clock`` (a ``workflows.device.StepClock``) turns a step's tick into seconds; on an accelerator the
+    ticks are device events, read when the interval's losses are flushed (one sync per log interval)."""
+
+    def __init__(self, cfg, init_loss: float, bytes_per_token: float, clock=None):
         self.cfg, self.tc = cfg, cfg.train
         self.init_loss, self.bytes_per_token = init_loss, bytes_per_token
-        self.state = {"step": 0, "history": [], "ema": None, "above": 0, "timed_tokens": 0, "timed_seconds": 0.0,
-                      "wall": 0.0, "diverged": None, "started": time.time(), "best_val": float("inf"),
-                      "segments": 0}
+        self.clock = clock
+        self.state = RunState()
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+        self.pending_ticks: list = []  # device-event ticks of timed steps, not yet read
         self.segment_start = time.time()
 
     @property
@@ -85,33 +110,48 @@ class Recorder:
         return f"[{self.cfg.variant} seed={self.cfg.seed} lr={self.tc.lr:g}]"
 
     def record(self, step, kind, metric, value, layer=-1, site=""):
-        self.state["history"].append((step, kind, metric, layer, site, float(value)))
+        self.state.history.append((step, kind, metric, layer, site, float(value)))
 
     def bpb(self, nats: float) -> float:
         return nats / math.log(2) / self.bytes_per_token
 
     # ---- wall time: one segment per process that worked on the run ------------------------------
     def begin_segment(self) -> None:
-        self.state["segments"] += 1
+        self.state.segments += 1
         self.segment_start = time.time()
 
     def close_segment(self) -> None:
-        """Add the time since the segment (re)started; called before a checkpoint and at the end."""
+        """Add the time since the segment (re)started and the timed steps not yet read; called before a
+        checkpoint and at the end."""
+        self.settle_ticks()
         now = time.time()
-        self.state["wall"] += now - self.segment_start
+        self.state.wall += now - self.segment_start
         self.segment_start = now
 
     # ---- every step ------------------------------------------------------------------------------
-    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, seconds: float,
+    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, tick,
              timed: bool) -> None:
-        """Keep the step's loss on the device (no sync); count its time if it is a plain steady step."""
+        """Keep the step's loss on the device (no sync); count its time if it is a plain steady step.
+        ``tick`` is seconds (host clock) or a device-event pair read at the next flush."""
         if timed and step >= self.tc.timing_warmup_steps:
-            self.state["timed_tokens"] += self.tc.batch_size * self.cfg.model.context_length
-            self.state["timed_seconds"] += seconds
+            self.state.timed_tokens += self.tc.batch_size * self.cfg.model.context_length
+            if isinstance(tick, float):
+                self.state.timed_seconds += tick
+            else:
+                self.pending_ticks.append(tick)
         self.pending.append((step, loss, grad_norm, lr))
+
+    def settle_ticks(self) -> None:
+        """Read the pending device-event ticks into timed_seconds (one sync for all of them)."""
+        if self.pending_ticks:
+            self.clock.settle()
+            for tick in self.pending_ticks:
+                self.state.timed_seconds += self.clock.seconds(tick)
+            self.pending_ticks = []
 
     def flush(self) -> list[float]:
         """Move the pending losses to the host (one sync per log interval) and record them."""
+        self.settle_ticks()
         if not self.pending:
             return []
         vals = torch.stack([torch.stack([l.float(), g.float()]) for _, l, g, _ in self.pending]).tolist()
@@ -122,36 +162,41 @@ class Recorder:
         self.pending = []
         return [v[0] for v in vals]
 
-    def check_divergence(self, step: int) -> None:
-        """Flush, then raise ``Diverged`` on a non-finite loss or a smoothed loss stuck above ℓ0 + margin."""
-        tc = self.tc
+    def check_divergence(self, step: int) -> str | None:
+        """Flush; the reason the run diverged (a non-finite loss, or a smoothed loss stuck above
+        ℓ0 + margin for ``divergence_patience`` checks), or None."""
+        tc, st = self.tc, self.state
         for loss in self.flush():
             if not math.isfinite(loss):
-                raise Diverged(f"non-finite train loss ({loss}) at step {step}")
-            ema = self.state["ema"]
-            self.state["ema"] = loss if ema is None else tc.divergence_ema * ema + (1 - tc.divergence_ema) * loss
+                return f"non-finite train loss ({loss}) at step {step}"
+            st.ema = loss if st.ema is None else tc.divergence_ema * st.ema + (1 - tc.divergence_ema) * loss
         threshold = self.init_loss + tc.divergence_margin
-        self.state["above"] = self.state["above"] + 1 if self.state["ema"] > threshold else 0
-        if tc.divergence_patience and self.state["above"] >= tc.divergence_patience:
-            raise Diverged(f"smoothed train loss {self.state['ema']:.3f} stayed above ln(vocab)+"
-                           f"{tc.divergence_margin} = {threshold:.3f} for {tc.divergence_patience} checks")
+        st.above = st.above + 1 if st.ema > threshold else 0
+        if tc.divergence_patience and st.above >= tc.divergence_patience:
+            return (f"smoothed train loss {st.ema:.3f} stayed above ln(vocab)+"
+                    f"{tc.divergence_margin} = {threshold:.3f} for {tc.divergence_patience} checks")
+        return None
 
-    def diverge(self, step: int, reason: Diverged) -> None:
+    def diverge(self, step: int, reason: str) -> None:
+        """Record that the run diverged at ``step`` (the pending losses are flushed first)."""
         self.flush()
-        self.state["diverged"] = {"step": step, "reason": str(reason)}
-        print(f"{self.tag} diverged: {reason}", flush=True)
+        self.state.diverged = {"step": step, "reason": reason}
 
     # ---- evaluation and per-layer statistics ------------------------------------------------------
-    def val(self, step: int, loss: float, lr: float) -> None:
+    def val(self, step: int, loss: float) -> str | None:
+        """Record a validation loss; the divergence reason if it is non-finite, else None."""
         self.record(step, "val", "loss", loss)
         self.record(step, "val", "bpb", self.bpb(loss))
         if math.isfinite(loss):
-            self.state["best_val"] = min(self.state["best_val"], loss)
-        ema = self.state["ema"] if self.state["ema"] is not None else float("nan")
-        print(f"{self.tag} step {step}/{self.tc.steps} | train {ema:.4f} | val {loss:.4f} "
-              f"({self.bpb(loss):.3f} bpb) | lr {lr:.2e}", flush=True)
-        if not math.isfinite(loss):
-            raise Diverged(f"non-finite validation loss at step {step}")
+            self.state.best_val = min(self.state.best_val, loss)
+            return None
+        return f"non-finite validation loss at step {step}"
+
+    def progress(self, step: int, loss: float, lr: float) -> str:
+        """The progress line of a validation step (the loop prints it)."""
+        ema = self.state.ema if self.state.ema is not None else float("nan")
+        return (f"{self.tag} step {step}/{self.tc.steps} | train {ema:.4f} | val {loss:.4f} "
+                f"({self.bpb(loss):.3f} bpb) | lr {lr:.2e}")
 
     @torch.no_grad()
     def layer_stats(self, step: int, st: dict, snapshot: tuple[dict, dict], layers: dict) -> None:
@@ -170,8 +215,8 @@ class Recorder:
         self.record(step, "logits", "logz_max", st["logz_max"])
 
     # ---- outputs ---------------------------------------------------------------------------------
-    def metrics(self, model, device, dtype, compiled: bool, peak: dict, data) -> dict:
-        cfg, tc, st = self.cfg, self.tc, self.state
+    def metrics(self, model, device, dtype, compiled: bool, peak: dict, data, extra: dict | None = None) -> dict:
+        cfg, tc, st = self.cfg, self.tc, self.state.to_dict()
         vals = [h for h in st["history"] if h[1] == "val" and h[2] == "loss"]
         final = vals[-1][5] if vals else float("nan")
         diverged = st["diverged"] is not None
@@ -195,13 +240,14 @@ class Recorder:
             "steps_done": st["step"],
             "tokens_per_s": tps,
             "throughput_note": f"steady state: steps >= {tc.timing_warmup_steps}, excluding evaluation and "
-                               "statistics steps, device synchronised",
+                               "statistics steps, " + ("each step timed by CUDA events, read once per log interval"
+                                                       if dev.uses_events(device) else "device synchronised"),
             "flops_per_token": fpt,
             "flops_convention": "PaLM (Chowdhery et al. 2022, App. B): 6N + 12*L*H*Q*T, N = matmul weights "
                                 "incl. the output projection",
             "peak_flops": peak["flops"], "peak_flops_source": peak["key"],
             "mfu": tps * fpt / peak["flops"] if math.isfinite(tps) else float("nan"),
-            "peak_mem_mb": dev.peak_memory_mb(device),
+            "peak_mem_mb": dev.peak_memory_mb(device),  # since this run began (workflows.device.reset_peak_memory)
             "params": params["total"], "nonembed_params": params["nonembed"],
             "tokens_seen": st["step"] * tc.batch_size * cfg.model.context_length,
             "wall_time_s": st["wall"],
@@ -218,6 +264,7 @@ class Recorder:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st["started"])),
                 "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "host": os.uname().nodename,
+                **(extra or {}),
             },
         })
 
@@ -225,6 +272,6 @@ class Recorder:
         """The long-format history as a pyarrow table (a train job does not import pandas)."""
         import pyarrow as pa
 
-        cols = list(zip(*self.state["history"])) or [()] * len(HISTORY_COLUMNS)
+        cols = list(zip(*self.state.history)) or [()] * len(HISTORY_COLUMNS)
         types = (pa.int64(), pa.string(), pa.string(), pa.int64(), pa.string(), pa.float64())
         return pa.table({name: pa.array(col, type=t) for name, col, t in zip(HISTORY_COLUMNS, cols, types)})

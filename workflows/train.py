@@ -7,13 +7,22 @@ A run config has five keys: ``variant`` (a label), ``seed``, ``model`` (a ``mode
 ``data`` (a ``workflows.data.DataConfig``) and ``train`` (``TrainConfig`` below). Unknown keys or
 values fail before any data is loaded, naming the field.
 
-Reading order: ``fit`` is the training loop of one run (nanoGPT-style, top to bottom); ``Job`` is what
-the runs of a job share (device, data, one model re-initialised in place per run, so a CUDA job
-compiles once); ``run_job`` walks the job's runs; measurement lives in ``workflows.measure``.
+Reading order: ``fit`` is the training loop of one run (nanoGPT-style, top to bottom; it ends on a
+divergence reason with a ``break``); ``Job`` is what the runs of a job share (device, data, one model
+re-initialised in place per run, so a compiled job compiles once: tests/test_gpu_path.py counts it);
+``run_job`` walks the job's runs; measurement lives in ``workflows.measure`` (``Recorder``, ``RunState``)
+and the device-specific pieces (step clock, peak memory, memory cap) in ``workflows.device``.
+
+On an accelerator nothing blocks the host per step: steps are timed by CUDA events read once per log
+interval, losses stay on the device until then, a run's batch offsets are moved to the device once.
+On CPU every step is timed by the host clock, as it always was.
 
 Training: AdamW with decay / no-decay groups, linear warmup then cosine decay to a floor, gradient
 clipping (the pre-clip norm is recorded), optional output z-loss ``coef · log²Z``, dropout; fp32 on
-CPU, bf16 autocast on CUDA; optional ``torch.compile``.
+CPU, bf16 autocast on CUDA; optional ``torch.compile`` (the forward and the loss in one graph; the
+statistics steps run the eager module, so their host read-outs never split or recompile the graph;
+evaluation batches are padded to one shape when compiled). A job's GPU memory is capped at its budget
+(``--gpu-mem-mb`` or $ARCHBENCH_GPU_MEM_MB) so jobs sharing a GPU cannot starve each other.
 
 Divergence (``workflows.measure``): a non-finite loss, or a smoothed train loss stuck above ln(vocab) +
 margin, stops the run and is recorded as ``diverged`` with its step and reason: a result, not an error.
@@ -50,11 +59,14 @@ from models.init import reset_parameters
 from models.norms import NORMS
 
 from . import device as dev
-from .data import DataConfig, DataError, prepare, train_batch, val_windows
+from .data import DataConfig, DataError, prepare, train_batch, val_windows, window_starts
 from .io import atomic_path, write_json
-from .measure import Diverged, Recorder, layer_params, layer_snapshot
+from .measure import Recorder, RunState, layer_params, layer_snapshot
 
 NO_DECAY_GROUPS = ("norm", "bias", "embedding")
+# torch.compile backend of a compiled job: inductor; tests pick a cheap one ("aot_eager") or a counting one
+COMPILE_BACKEND = os.environ.get("ARCHBENCH_COMPILE_BACKEND") or "inductor"
+IGNORE_INDEX = -100  # target of a padding window in a fixed-shape evaluation batch (F.cross_entropy's default)
 
 
 @dataclass
@@ -193,6 +205,8 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW: the fused CUDA kernel on CUDA; on CPU fused=False and foreach left to torch, which picks the
+    single-tensor (for-loop) implementation for CPU parameters: the one the committed CPU results used."""
     return torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps,
                              fused=device.type == "cuda")
 
@@ -203,83 +217,152 @@ def fingerprint(cfg: RunConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-class Job:
-    """What the runs of one job share: the device and dtype, the token data, the peak FLOP/s, and one
-    model (built, and on CUDA compiled, once; ``model_for`` re-draws its weights in place per run)."""
+def losses(logits: torch.Tensor, y: torch.Tensor, z_loss: float):
+    """(cross-entropy, cross-entropy + z_loss · mean log²Z): the loss reported and the loss trained on."""
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    total = loss + z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean() if z_loss else loss
+    return loss, total
 
-    def __init__(self, first: RunConfig, work: Path, peak_file: Path, peak_persist: bool = True):
+
+class Job:
+    """What the runs of one job share: the device and dtype, the token data, the peak FLOP/s, the memory
+    cap, and one model (built, and compiled if asked, once; ``model_for`` re-draws its weights in place
+    per run, so the compiled graphs are reused: parameters keep their identity)."""
+
+    def __init__(self, first: RunConfig, work: Path, peak_file: Path, peak_persist: bool = True,
+                 gpu_mem_mb: float | None = None):
         self.device = dev.resolve_device(first.train.device)
         self.dtype = dev.resolve_dtype(first.train.dtype, self.device)
+        self.mem_fraction = dev.cap_memory(self.device, dev.gpu_mem_budget_mb(gpu_mem_mb))
         self.data_cfg, self.data = first.data, prepare(first.data, work)
         # on CUDA the whole token stream lives on the GPU (int32) and windows are gathered there
         self.train_tokens = (torch.from_numpy(self.data.train.astype("int32")).to(self.device)
                              if self.device.type == "cuda" else self.data.train)
         self.peak = dev.peak_flops(self.device, self.dtype, peak_file, persist=peak_persist)
-        self.model_cfg, self.model, self.fwd, self.compiled = None, None, None, False
+        self.model_cfg, self.model, self.fwd, self.loss_fn, self.compiled = None, None, None, None, False
+        self.val_cache: dict = {}  # (context, eval_windows, batch_size, fixed shape) -> evaluation batches
+        self.offsets, self.offsets_key = None, None  # a run's window starts, on the device (CUDA)
 
     def model_for(self, cfg: RunConfig):
         """The job's model with freshly drawn weights for ``cfg.seed`` (rebuilt only if the architecture
         or the compile setting differs from the previous run's)."""
         compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and self.device.type == "cuda")
         if (cfg.model, compile_on) != (self.model_cfg, self.compiled):
-            self.model = build(cfg.model).to(self.device)
-            self.fwd = torch.compile(self.model) if compile_on else self.model
+            model = self.model = build(cfg.model).to(self.device)
+
+            def loss_fn(x, y, z_loss):  # forward and loss in one (compiled) graph
+                return losses(model(x), y, z_loss)
+
+            self.fwd = torch.compile(model, backend=COMPILE_BACKEND) if compile_on else model
+            self.loss_fn = torch.compile(loss_fn, backend=COMPILE_BACKEND) if compile_on else loss_fn
             self.model_cfg, self.compiled = cfg.model, compile_on
-            self.val_x, self.val_y = val_windows(self.data.val, cfg.model.context_length, cfg.train.eval_windows)
         torch.manual_seed(cfg.seed)
         reset_parameters(self.model, cfg.model)
         self.model.train()
         return self.model, self.fwd
 
+    def begin_run(self, cfg: RunConfig) -> None:
+        """Per run: reset the peak-memory window; on CUDA move the run's batch offsets to the device once."""
+        dev.reset_peak_memory(self.device)
+        if isinstance(self.train_tokens, torch.Tensor):
+            tc, T = cfg.train, cfg.model.context_length
+            key = (cfg.seed, tc.steps, tc.batch_size, T)
+            if key != self.offsets_key:
+                starts = torch.stack([window_starts(len(self.train_tokens), tc.batch_size, T, cfg.seed, s)
+                                      for s in range(tc.steps)])
+                if self.device.type == "cuda":
+                    starts = starts.pin_memory()
+                self.offsets = starts.to(self.device, non_blocking=True)
+                self.window = torch.arange(T + 1, device=self.device)
+                self.offsets_key = key
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     def batch(self, cfg: RunConfig, step: int):
+        key = (cfg.seed, cfg.train.steps, cfg.train.batch_size, cfg.model.context_length)
+        if self.offsets is not None and key == self.offsets_key and step < len(self.offsets):
+            w = self.train_tokens[self.offsets[step][:, None] + self.window[None, :]].long()
+            return w[:, :-1], w[:, 1:]
         x, y = train_batch(self.train_tokens, cfg.train.batch_size, cfg.model.context_length, cfg.seed, step)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def eval_batches(self, cfg: RunConfig) -> dict:
+        """The validation windows of ``cfg`` in batches, cached by what defines them: context length, number
+        of windows, batch size and whether the shape is fixed. A compiled job pads the last batch to the
+        full batch size (padding windows have ignored targets), so every evaluation batch has one shape and
+        the graph stays static; an eager job evaluates the short last batch as it is."""
+        B, fixed = cfg.train.batch_size, self.compiled
+        key = (cfg.model.context_length, cfg.train.eval_windows, B, fixed)
+        if key not in self.val_cache:
+            vx, vy = val_windows(self.data.val, cfg.model.context_length, cfg.train.eval_windows)
+            batches, padded, targets = [], 0, 0
+            for i in range(0, len(vx), B):
+                x, y = vx[i:i + B], vy[i:i + B]
+                if fixed and len(x) < B:
+                    padded = B - len(x)
+                    x = torch.cat([x, vx[:1].expand(padded, -1)])
+                    y = torch.cat([y, torch.full((padded, y.shape[1]), IGNORE_INDEX, dtype=y.dtype)])
+                if fixed:  # one layout too (windows are strided views): dynamo guards on strides
+                    x, y = x.contiguous(), y.contiguous()
+                targets += int((y != IGNORE_INDEX).sum())
+                batches.append((x.to(self.device), y.to(self.device)))
+            self.val_cache[key] = {"batches": batches, "targets": targets, "record": {
+                "windows": len(vx), "batch_size": B, "batches": len(batches), "padded_windows": padded,
+                "fixed_shape": fixed or len(vx) % B == 0}}
+        return self.val_cache[key]
+
     @torch.no_grad()
     def evaluate(self, cfg: RunConfig) -> float:
-        """Mean validation loss (nats/token) over the fixed validation windows."""
+        """Mean validation loss (nats/token) over the fixed validation windows (one host read-out)."""
         self.model.eval()
-        total, n, B = 0.0, 0, cfg.train.batch_size
-        for i in range(0, len(self.val_x), B):
-            x, y = self.val_x[i:i + B].to(self.device), self.val_y[i:i + B].to(self.device)
+        ev, sums = self.eval_batches(cfg), []
+        for x, y in ev["batches"]:
             with self.autocast():
                 logits = self.fwd(x)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
-            n += y.numel()
+            sums.append(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
         self.model.train()
+        n = ev["targets"]  # the real (not padding) targets: every token of the windows
+        total = 0.0
+        for v in torch.stack(sums).tolist():  # summed in float64 in batch order, as .item() per batch did
+            total += v
         return total / n
 
 
 def train_step(job: Job, x, y, tc: TrainConfig, stats: bool):
     """Forward and backward of one batch: (loss, per-layer statistics or None). Its own function so
-    that tests can interrupt or poison a run at a chosen step."""
+    that tests can interrupt or poison a run at a chosen step. A statistics step runs the eager module:
+    its read-outs (.tolist()/.item() in the model's statistics) stay out of the compiled graph."""
     with job.autocast():
-        out = job.fwd(x, stats=True) if stats else job.fwd(x)
-        logits, st = out if stats else (out, None)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        total = loss + tc.z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean() if tc.z_loss else loss
+        if stats:
+            logits, st = job.model(x, stats=True)
+            loss, total = losses(logits, y, tc.z_loss)
+        else:
+            (loss, total), st = job.loss_fn(x, y, tc.z_loss), None
     total.backward()
     return loss.detach(), st
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder) -> None:
+def save_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device: torch.device) -> None:
+    """Model, optimizer, the run's state and the RNG states the run uses: the CPU generator and, on CUDA,
+    the job's device only (not every visible GPU, which would open a context on each)."""
     rec.close_segment()
+    cuda_rng = ({"device": str(device), "state": torch.cuda.get_rng_state(device)}
+                if device.type == "cuda" else None)
     with atomic_path(path) as tmp:
         torch.save({"fingerprint": fingerprint(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                    "state": rec.state, "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp)
+                    "state": rec.state.to_dict(), "rng": torch.get_rng_state(), "cuda_rng": cuda_rng}, tmp)
 
 
 def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device) -> bool:
-    """Restore a run from ``path``; False (and a fresh start) if it is missing, torn or another config's."""
+    """Restore a run from ``path``; False (and a fresh start) if it is missing, torn or another config's.
+    Loads on the CPU (the RNG states must stay CPU ByteTensors); load_state_dict moves the tensors to
+    the model's and optimizer's device."""
     if not path.exists():
         return False
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a torn checkpoint is discarded, not fatal
         print(f"[train] ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
         return False
@@ -288,58 +371,76 @@ def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, devic
         return False
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
-    rec.state = ck["state"]
+    rec.state = RunState.from_dict(ck["state"])
     torch.set_rng_state(ck["rng"])
-    if ck["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    cuda_rng = ck.get("cuda_rng")
+    if cuda_rng is not None and device.type == "cuda":
+        if isinstance(cuda_rng, list):  # older checkpoints: one state per visible GPU
+            cuda_rng = {"state": cuda_rng[device.index if device.index is not None else torch.cuda.current_device()]}
+        torch.cuda.set_rng_state(cuda_rng["state"], device)
     return True
 
 
 # ---- the training loop ----------------------------------------------------------------------------
+def validate(job: Job, cfg: RunConfig, rec: Recorder, step: int, lr: float) -> str | None:
+    """Evaluate, record, print the progress line; the divergence reason (non-finite loss) or None."""
+    loss = job.evaluate(cfg)
+    reason = rec.val(step, loss)
+    print(rec.progress(step, loss, lr), flush=True)
+    return reason
+
+
 def fit(job: Job, cfg: RunConfig, store: Path):
-    """Train one run from its last checkpoint in ``store`` (or step 0) to the end.
+    """Train one run from its last checkpoint in ``store`` (or step 0) to the end or to divergence.
     Returns (metrics dict, history as a pyarrow table)."""
     tc = cfg.train
-    model, fwd = job.model_for(cfg)
+    model, _ = job.model_for(cfg)
     opt = make_optimizer(model, tc, job.device)
-    rec = Recorder(cfg, init_loss=math.log(cfg.model.vocab_size), bytes_per_token=job.data.bytes_per_token)
+    clock = dev.StepClock(job.device)
+    rec = Recorder(cfg, init_loss=math.log(cfg.model.vocab_size), bytes_per_token=job.data.bytes_per_token,
+                   clock=clock)
     ckpt = store / "checkpoint.pt"
     resumed = load_checkpoint(ckpt, cfg, model, opt, rec, job.device)
+    job.begin_run(cfg)
     rec.begin_segment()
     layers = layer_params(model)
-    step = rec.state["step"]
-    try:
-        if not resumed:
-            torch.manual_seed(cfg.seed + 1)  # dropout RNG: independent of whatever ran before
-            rec.val(0, job.evaluate(cfg), lr_at(0, tc))
-        while step < tc.steps and rec.state["diverged"] is None:
-            t0 = time.perf_counter()
-            lr = lr_at(step, tc)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = job.batch(cfg, step)
-            stats = tc.stats_every > 0 and step % tc.stats_every == 0
-            loss, st = train_step(job, x, y, tc, stats)
-            snapshot = layer_snapshot(layers) if stats else None
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if stats:
-                rec.layer_stats(step, st, snapshot, layers)
-            dev.synchronize(job.device)
-            rec.step(step, loss, grad_norm.detach(), lr, time.perf_counter() - t0, timed=not stats)
-            step += 1
-            if step % tc.log_every == 0 or step == tc.steps:
-                rec.check_divergence(step - 1)
-            if step % tc.eval_every == 0 or step == tc.steps:
-                rec.val(step, job.evaluate(cfg), lr)
-            rec.state["step"] = step
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
-                save_checkpoint(ckpt, cfg, model, opt, rec)
-    except Diverged as d:
-        rec.diverge(max(step - 1, 0), d)
+    step, diverged = rec.state.step, None  # diverged: the reason the run stopped early, or None
+    if not resumed:
+        torch.manual_seed(cfg.seed + 1)  # dropout RNG: independent of whatever ran before
+        diverged = validate(job, cfg, rec, 0, lr_at(0, tc))
+    while diverged is None and step < tc.steps:
+        tick = clock.start()
+        lr = lr_at(step, tc)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = job.batch(cfg, step)
+        stats = tc.stats_every > 0 and step % tc.stats_every == 0
+        loss, st = train_step(job, x, y, tc, stats)
+        snapshot = layer_snapshot(layers) if stats else None
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if stats:
+            rec.layer_stats(step, st, snapshot, layers)
+        rec.step(step, loss, grad_norm.detach(), lr, clock.stop(tick), timed=not stats)
+        step += 1
+        if step % tc.log_every == 0 or step == tc.steps:
+            diverged = rec.check_divergence(step - 1)  # the interval's one host read-out
+        if diverged is None and (step % tc.eval_every == 0 or step == tc.steps):
+            diverged = validate(job, cfg, rec, step, lr)
+        if diverged is not None:
+            break  # the step that diverged is not counted as done
+        rec.state.step = step
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
+            save_checkpoint(ckpt, cfg, model, opt, rec, job.device)
+    if diverged is not None:
+        rec.diverge(max(step - 1, 0), diverged)
+        print(f"{rec.tag} diverged: {diverged}", flush=True)
     rec.close_segment()
-    return rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data), rec.history_table()
+    backend = getattr(COMPILE_BACKEND, "__name__", str(COMPILE_BACKEND)) if job.compiled else None
+    extra = {"eval_batches": job.eval_batches(cfg)["record"], "compile_backend": backend,
+             "gpu_mem_fraction": job.mem_fraction}
+    return rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data, extra), rec.history_table()
 
 
 # ---- a job: several runs, each through its store ----------------------------------------------------
@@ -369,10 +470,11 @@ def publish(store: Path, out: Path) -> None:
 
 
 def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None = None,
-            peak_file=None) -> list[dict]:
+            peak_file=None, gpu_mem_mb: float | None = None) -> list[dict]:
     """Train ``cfgs`` into ``outs`` in this process. A run already finished in its store is copied,
     a cut-off one resumes from its checkpoint. A crashed run writes ``crash.json`` into its store and
-    the job goes on with the others, then raises. When every run succeeded the stores are removed."""
+    the job goes on with the others, then raises. When every run succeeded the stores are removed.
+    ``gpu_mem_mb``: the job's GPU memory budget (default $ARCHBENCH_GPU_MEM_MB; none: uncapped)."""
     work = Path(work)
     threads = next((c.train.threads for c in cfgs if c.train.threads), None) or threads
     if threads:
@@ -385,7 +487,7 @@ def run_job(cfgs: list[RunConfig], outs: list, work="work", threads: int | None 
         if not (store / "metrics.json").exists():
             try:
                 if job is None or job.data_cfg != cfg.data:  # (a pipeline job's runs share one data config)
-                    job = Job(cfg, work, peak_file, persist)
+                    job = Job(cfg, work, peak_file, persist, gpu_mem_mb)
                 metrics, history = fit(job, cfg, store)
             except DataError:
                 raise
@@ -422,6 +524,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, nargs="+", help="output folder(s), one per run")
     p.add_argument("--work", default="work", help="work folder for token files, run stores and caches (default: work)")
     p.add_argument("--threads", type=int, help="torch threads (train.threads overrides)")
+    p.add_argument("--gpu-mem-mb", type=float, help="this job's GPU memory budget in MB (the train rule's "
+                   "resources.gpu_mem_mb; default $ARCHBENCH_GPU_MEM_MB): caps its share of a shared GPU")
     p.add_argument("--peak-flops", help="read-only JSON cache of measured peak FLOP/s (default: WORK/device/peak_flops.json, updated)")
     args = p.parse_args(argv)
     try:
@@ -434,7 +538,7 @@ def main(argv=None) -> int:
         print(f"error: {args.config or '--json'}: {e}", file=sys.stderr)
         return 2
     try:
-        results = run_job(cfgs, args.out, args.work, args.threads, args.peak_flops)
+        results = run_job(cfgs, args.out, args.work, args.threads, args.peak_flops, args.gpu_mem_mb)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
