@@ -344,3 +344,24 @@ def stats_mean_ci(values):
     from workflows import stats
 
     return stats.mean_ci(list(values))
+
+
+def test_throughput_figure_shows_the_side_by_side_ratios_beside_the_grid_jobs(drawn):
+    """With a speed table the figure gets a second, judged panel: the geometric-mean ratio per variant over the
+    reps (paired by rep), whose interval comes from the reps, not from the grid jobs."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    rows = [{"variant": v, "rep": i, "tokens_per_s": base * (1 + 0.01 * ((i % 3) - 1))}
+            for v, base in (("baseline", 1000.0), ("mqa", 1150.0)) for i in range(5)]
+    ratios = figures.speed_ratios(pd.DataFrame(rows), "baseline").set_index("variant")
+    assert ratios.loc["baseline", "ratio"] == pytest.approx(1.0)
+    assert ratios.loc["mqa", "ratio"] == pytest.approx(1.15) and ratios.loc["mqa", "low"] <= 1.15 <= ratios.loc["mqa", "high"]
+    fig = figures.fig_throughput(dataclasses.replace(drawn, speed=pd.DataFrame(rows)))
+    titles = [a.get_title() for a in fig.axes]
+    assert len(fig.axes) == 2 and "not judged" in titles[0] and "judged (speed claims)" in titles[1]
+    plt.close(fig)
+    fig = figures.fig_throughput(drawn)  # no speed table: one panel, still labelled as not judged
+    assert len(fig.axes) == 1 and "not judged" in fig.axes[0].get_title()
+    plt.close(fig)

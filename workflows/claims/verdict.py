@@ -88,8 +88,10 @@ def judge(effect: float, lo: float, hi: float, c: dict, short=(), not_judged: st
         return "inconclusive", "no finite effect/CI"
     a, b, _ = holds_region(c)
     null = null_value(c)
-    smaller = "; different from the null but smaller than the margin" if (a <= null <= b and (lo > null or hi < null)
-                                                                         and np.isfinite(a) and np.isfinite(b)) else ""
+    symmetric = np.isfinite(a) and np.isfinite(b) and (math.isclose(a + b, 2 * null) or  # ±margin, or [1/m, m]
+                                                       (null == 1.0 and a > 0 and math.isclose(a * b, 1.0)))
+    smaller = ("; different from the null but smaller than the margin"
+               if symmetric and a < null < b and (lo > null or hi < null) else "")
     if "interval" in c:
         iv = f"[{fmt(a)}, {fmt(b)}]"
         if a <= lo and hi <= b:

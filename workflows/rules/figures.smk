@@ -14,6 +14,7 @@ rule figures:
         summary=f"{RESULTS}/summary.csv",
         history=f"{RESULTS}/history.parquet",
         data_meta=DATA_META,  # the unigram-entropy reference line
+        speed=f"{RESULTS}/speed.parquet",  # side-by-side throughput (rule speed), beside the grid jobs' tokens/s
     output:
         [report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures",
                 labels={"figure": name, "format": "PNG"}) for name in FIGURE_NAMES],
