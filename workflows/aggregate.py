@@ -146,7 +146,12 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
         vals = at_best(v)
         mean, lo, hi = stats.mean_ci(list(vals.values()))
         cmp = compared(v)
-        d, dlo, dhi, npair = stats.paired_delta(cmp, base_compared) if v != baseline else (0.0, 0.0, 0.0, len(cmp))
+        if v == baseline:
+            d, dlo, dhi, npair = 0.0, 0.0, 0.0, len(cmp)
+        elif mode == "best":  # the claims' selection-aware interval (selection.crossfit_delta)
+            d, dlo, dhi, npair = selection.crossfit_delta(r, runs[runs.variant == baseline], "final_val_loss")
+        else:
+            d, dlo, dhi, npair = stats.paired_delta(cmp, base_compared)
         k, n = int(r.diverged.sum()), len(r)
         wlo, whi = stats.wilson(k, n)
         lrs = per_lr[per_lr.variant == v]

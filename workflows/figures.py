@@ -498,10 +498,9 @@ def speed_ratios(speed: pd.DataFrame, baseline: str) -> pd.DataFrame:
     base = speed[speed.variant == baseline].set_index("rep").tokens_per_s
     rows = []
     for v, g in speed.groupby("variant", sort=False):
-        logs = np.log(g.set_index("rep").tokens_per_s / base).dropna()
-        m, lo, hi = stats.mean_ci(logs.tolist())
-        rows.append({"variant": v, "ratio": math.exp(m), "low": math.exp(lo) if np.isfinite(lo) else math.nan,
-                     "high": math.exp(hi) if np.isfinite(hi) else math.nan, "reps": len(logs)})
+        ratios = (g.set_index("rep").tokens_per_s / base).dropna()
+        ratio, lo, hi = stats.ratio_ci(ratios.tolist())
+        rows.append({"variant": v, "ratio": ratio, "low": lo, "high": hi, "reps": len(ratios)})
     return pd.DataFrame(rows)
 
 

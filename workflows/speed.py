@@ -20,7 +20,6 @@ import time
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from . import device as dev
 from .io import write_parquet
@@ -32,14 +31,13 @@ class Stepper:
     def __init__(self, run: dict, device: torch.device):
         from models import build
 
-        from .train import RunConfig
+        from .train import RunConfig, make_optimizer
 
         self.cfg = RunConfig.from_dict(run)
         torch.manual_seed(self.cfg.seed)
         self.model = build(self.cfg.model).to(device)
+        self.opt = make_optimizer(self.model, self.cfg.train, device)  # the training loop's AdamW and groups
         tc = self.cfg.train
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                                     betas=(tc.beta1, tc.beta2), eps=tc.adam_eps)
         self.device = device
         g = torch.Generator().manual_seed(self.cfg.seed)
         shape = (tc.batch_size, self.cfg.model.context_length + 1)
@@ -47,12 +45,11 @@ class Stepper:
         self.tokens = tc.batch_size * self.cfg.model.context_length
 
     def step(self) -> None:
+        from .train import losses
+
         tc = self.cfg.train
         x, y = self.batch[:, :-1], self.batch[:, 1:]
-        logits = self.model(x).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        if tc.z_loss:
-            loss = loss + tc.z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        _, loss = losses(self.model(x), y, tc.z_loss)  # what the training loop optimises
         loss.backward()
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

@@ -63,6 +63,13 @@ def mean_ci(values, level: float = LEVEL):
     return (m, m - half, m + half)
 
 
+def ratio_ci(ratios, level: float = LEVEL):
+    """(geometric mean, low, high) of positive ratios: the Student-t interval of the mean log ratio,
+    exponentiated (a mean over pairs, so the t interval applies on the log scale). NaN bounds below 2 values."""
+    m, lo, hi = mean_ci([math.log(r) for r in ratios if r is not None and np.isfinite(r) and r > 0], level)
+    return tuple(math.exp(x) if np.isfinite(x) else math.nan for x in (m, lo, hi))
+
+
 def welch_ci(treatment, control, level: float = LEVEL):
     """(mean(t) − mean(c), low, high): Welch's unequal-variance t interval, Welch–Satterthwaite df.
     Needs ≥ 2 finite values on each side (else nan bounds)."""

@@ -19,8 +19,8 @@ The package, one job a module:
 LR choice and the capped score come from ``workflows.selection``, intervals from ``workflows.stats``.
 """
 from .evidence import Evidence, NotRun, same
-from .kinds import KINDS, Kind, kind
-from .registry import GPU_NAME, RegistryError, check_variants, load_registry, validate_check
+from .kinds import GPU_NAME, KINDS, Kind, kind
+from .registry import RegistryError, check_variants, load_registry, validate_check
 from .scorecard import evaluate, load_probes, main, markdown, variants_elsewhere
 from .verdict import VERDICTS, Measure, combine, holds_region, judge, mde, power, seeds_for
 

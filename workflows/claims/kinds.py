@@ -11,6 +11,7 @@ the union of a jackknife t interval and a BCa bootstrap over seeds for statistic
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,7 @@ from .evidence import Evidence, NotRun
 from .verdict import Measure
 
 PAIRED = {"at", "lr_min", "lr_max", "expect", "device"}
+GPU_NAME = re.compile(r"NVIDIA|Tesla|GeForce|Quadro|RTX|Radeon|Instinct|\bH100\b|\bH200\b|\bA100\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,6 @@ def _need(m: Measure, what: str, have: int, need: int) -> None:
 
 
 def _device_check(m: Measure, c: dict, *frames) -> None:
-    from .registry import GPU_NAME
-
     if c.get("device") == "cuda":
         names = {str(x) for f in frames if "device" in f.columns for x in f.device.dropna()}
         if not names or not all(GPU_NAME.search(n) for n in names):
@@ -92,45 +92,17 @@ def _lr_note(c: dict, lts: tuple) -> str:
     return f"LRs by fold {show(lt)} vs {show(lk)}"
 
 
-def _crossfit(t: pd.DataFrame, k: pd.DataFrame, metric: str, log: bool = False, transform=None):
-    """(effect, lo, hi, n) of the mean seed-paired treatment − control (of log values with ``log``) with each
-    side at its cross-fitted best LR (``selection.crossfit_values``). The LR choice is re-done inside every
-    leave-one-out subset, so the jackknife Student-t interval over seeds (``stats.jackknife_t_ci``) carries the
-    selection's own variability: a plain t interval over cross-fitted differences is too narrow, because the
-    two folds' differences are correlated through the choices (by simulation: 89% coverage at nominal 95%
-    with 6 vs 3 tied LRs over 4 seeds; the jackknife: ≥ 96%, tests/test_selection.py)."""
-    seeds = sorted(set(int(x) for x in t.seed) & set(int(x) for x in k.seed))
-    _, vt, st = selection.seed_lr_matrices(t, seeds, metric)
-    _, vk, sk = selection.seed_lr_matrices(k, seeds, metric)
-    if transform == "abs":
-        vt, vk = np.abs(vt), np.abs(vk)
-    if log:
-        with np.errstate(all="ignore"):
-            vt, vk = np.log(np.where(vt > 0, vt, np.nan)), np.log(np.where(vk > 0, vk, np.nan))
-
-    def stat(ix):
-        d = selection.crossfit_values(vt, st, ix) - selection.crossfit_values(vk, sk, ix)
-        d = d[np.isfinite(d)]
-        return float(d.mean()) if len(d) else math.nan
-
-    allix = np.arange(len(seeds))
-    d = selection.crossfit_values(vt, st, allix) - selection.crossfit_values(vk, sk, allix)
-    n = int(np.isfinite(d).sum())
-    effect = stat(allix) if len(seeds) else math.nan
-    lo, hi = stats.jackknife_t_ci(len(seeds), stat) if len(seeds) >= 2 else (math.nan, math.nan)
-    return effect, lo, hi, n
-
-
 @kind("metric_delta", required={"treatment", "control"}, optional=PAIRED | {"metric"})
 def k_metric_delta(ev: Evidence, c: dict) -> list[Measure]:
     """Mean of treatment − control of a run metric, paired by seed at the compared LRs (``at``: shared or
     each (seed, LR): Student-t interval over the paired differences, Welch's t interval when no pair is
-    shared (``stats.paired_delta``); best: cross-fitted, with the selection-aware jackknife of ``_crossfit``)."""
+    shared (``stats.paired_delta``); best: cross-fitted, with the selection-aware jackknife of
+    ``selection.crossfit_delta``)."""
     metric = c.get("metric", "final_val_loss")
     t, k, tv, kv, how, degenerate, lts = _paired_values(ev, c, metric)
     m = Measure(lr_choice=how, not_judged=degenerate)
     if "cross-fitted" in how:
-        d, lo, hi, npair = _crossfit(t, k, metric)
+        d, lo, hi, npair = selection.crossfit_delta(t, k, metric)
         m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
     else:
         d, lo, hi, npair = stats.paired_delta(tv, kv)
@@ -160,12 +132,10 @@ def _ratio(tv: dict, kv: dict, c: dict, m: Measure) -> None:
     logs = [math.log(tv[s] / kv[s]) for s in good]
     m.n = len({s[0] if isinstance(s, tuple) else s for s in good})
     if logs:
-        m.effect = math.exp(float(np.mean(logs)))
         if c.get("deterministic"):
-            m.lo, m.hi = math.exp(min(logs)), math.exp(max(logs))
+            m.effect, m.lo, m.hi = math.exp(float(np.mean(logs))), math.exp(min(logs)), math.exp(max(logs))
         else:
-            _, lo, hi = stats.mean_ci(logs)
-            m.lo, m.hi = math.exp(lo), math.exp(hi)
+            m.effect, m.lo, m.hi = stats.ratio_ci([tv[s] / kv[s] for s in good])
     if len(shared) > len(logs):
         m.notes.append(f"{len(shared) - len(logs)} pair(s) without a finite positive value")
     if len(logs) == 1 and not c.get("deterministic"):
@@ -184,7 +154,7 @@ def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
     m = Measure(lr_choice=how, not_judged="" if c.get("deterministic") else degenerate)
     _ratio(tv, kv, c, m)
     if "cross-fitted" in how and not c.get("deterministic") and c.get("where") != "diverged":
-        e, lo, hi, m.n = _crossfit(t, k, metric, log=True, transform=c.get("transform"))
+        e, lo, hi, m.n = selection.crossfit_delta(t, k, metric, log=True, transform=c.get("transform"))
         m.effect, m.lo, m.hi = (math.exp(x) if np.isfinite(x) else math.nan for x in (e, lo, hi))
         m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
     if c.get("where") == "diverged" and not tv:

@@ -9,14 +9,12 @@ check would then contradict its own source).
 from __future__ import annotations
 
 import math
-import re
 
 from . import kinds as _kinds  # noqa: F401  (registers the kinds)
 from .kinds import KINDS
 from ..selection import MODES
 from .verdict import DIRECTIONS, holds_region
 
-GPU_NAME = re.compile(r"NVIDIA|Tesla|GeForce|Quadro|RTX|Radeon|Instinct|\bH100\b|\bH200\b|\bA100\b", re.I)
 COMMON_KEYS = {"id", "what", "kind", "interval", "direction", "threshold", "margin", "rationale", "published",
                "min_seeds", "min_lrs", "unit", "deterministic", "note"}
 NOISE_SCALED = ("sigmas", "sigma", "sd", "std", "se")
