@@ -4,6 +4,7 @@
 #                                                           # with profiles/default (= workflows/profiles/default)
 #   snakemake --cores all --sdm conda                       # every rule in environment.yml's conda env
 #   snakemake --cores all --configfile config/paper.yaml    # the paper-scale grid (GPU)
+#   snakemake --cores all --configfile config/ladder.yaml   # every variant at 3 sizes: compute multipliers
 #   snakemake --workflow-profile workflows/profiles/gpu     # several jobs share one GPU
 #   snakemake --report results/report.html                  # figures with captions, one HTML file
 from snakemake.utils import min_version
@@ -27,6 +28,9 @@ include: "workflows/rules/train.smk"
 include: "workflows/rules/aggregate.smk"
 include: "workflows/rules/figures.smk"
 include: "workflows/rules/claims.smk"
+include: "workflows/rules/ladder.smk"
+include: "workflows/rules/decode.smk"
+include: "workflows/rules/profile.smk"
 
 
 rule all:
@@ -35,3 +39,6 @@ rule all:
         TABLES,
         FIGURE_FILES,
         CLAIM_OUTPUTS,
+        LADDER_OUTPUTS,
+        DECODE_OUTPUTS,
+        PROFILE_OUTPUTS,

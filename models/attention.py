@@ -7,6 +7,8 @@ score_mod and a causal block mask (no T×T score matrix is materialised) where i
 trains: CUDA, no attention dropout. Elsewhere (CPU: flex has no backward there, and its eager
 fallback materialises the scores anyway) they take the explicit path, which is what CPU results use.
 Optional per-head QK-norm (Dehghani et al. 2023; Wortsman et al. 2023) uses the configured norm.
+The logit scale is the ``attn_scale`` axis (``ATTN_SCALES``): 1/√d_k (Vaswani et al. 2017, the default),
+1/d_k (μP, Yang et al. 2022) or 1 (unscaled: the softmax saturates as d_k grows); every path takes it.
 """
 from __future__ import annotations
 
@@ -24,6 +26,13 @@ try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:  # older torch
     create_block_mask = flex_attention = None
+
+# attn_scale -> the factor on q·kᵀ given the head dimension d_k
+ATTN_SCALES = {
+    "inv_sqrt_d": lambda d: 1.0 / math.sqrt(d),
+    "inv_d": lambda d: 1.0 / d,
+    "none": lambda d: 1.0,
+}
 
 FLEX = "auto"  # auto: flex for soft-capped attention on CUDA without dropout | on | off (tests)
 _compiled_flex = None
@@ -73,12 +82,12 @@ class Attention(nn.Module):
         self.rope = Rotary(self.hd, cfg.context_length, cfg.rope_theta) if cfg.position == "rope" else None
         self.cap = cfg.attn_softcap
         self.dropout = cfg.dropout
-        self.scale = 1.0 / math.sqrt(self.hd)
+        self.scale = ATTN_SCALES[cfg.attn_scale](self.hd)
 
-    def forward(self, x: torch.Tensor, rec: dict | None = None) -> torch.Tensor:
-        return self.attend(self.qkv(x), rec)
+    def forward(self, x: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
+        return self.attend(self.qkv(x), rec, cache)
 
-    def attend(self, qkv: torch.Tensor, rec: dict | None = None) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
         B, T, _ = qkv.shape
         q, k, v = qkv.split(self.split_sizes, dim=-1)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
@@ -86,19 +95,41 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:  # incremental decoding (models/kvcache.py): new tokens at cache.start onwards
+            if self.rope is not None:
+                q, k = self.rope(q, cache.start), self.rope(k, cache.start)
+            y = self.cached(q, *cache.update(k, v))
+            return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
         if self.rope is not None:
             q, k = self.rope(q), self.rope(k)
         if rec is not None:
             rec["attn_logit_max"] = self.max_logit(q, k)
         p = self.dropout if self.training else 0.0
         if self.cap is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.scale,
                                                enable_gqa=self.n_kv != self.n_heads)
         elif use_flex(q, p):
             y = self.flex(q, k, v)
         else:
             y = self.explicit(q, k, v, p)
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+    def cached(self, q, k, v) -> torch.Tensor:
+        """q: (B, n_heads, T, hd) of the last T of S positions; k, v: (B, n_kv, S, hd), the whole cache.
+
+        The g = n_heads / n_kv query heads that share a K/V head are stacked along the query axis
+        (Shazeer 2019's formulation), so each cached K/V head is read once per step and never repeated;
+        query t sees keys 0 … S - T + t. No dropout: decoding is inference."""
+        B, H, T, hd = q.shape
+        G, S = k.shape[1], k.shape[2]
+        q = q.reshape(B, G, (H // G) * T, hd)
+        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T).repeat(H // G, 1)
+        if self.cap is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        else:
+            s = softcap((q @ k.transpose(-2, -1)) * self.scale, self.cap)
+            y = (s if mask is None else s.masked_fill(~mask, float("-inf"))).softmax(dim=-1) @ v
+        return y.reshape(B, H, T, hd)
 
     def _repeat_kv(self, t: torch.Tensor) -> torch.Tensor:
         return t.repeat_interleave(self.n_heads // self.n_kv, dim=1)
@@ -126,7 +157,7 @@ class Attention(nn.Module):
 
     @torch.no_grad()
     def max_logit(self, q, k) -> torch.Tensor:
-        """Largest causal attention logit q·k/√d before any soft-cap (instrumentation only)."""
+        """Largest causal attention logit q·k·scale before any soft-cap (instrumentation only)."""
         T = q.shape[-2]
         s = (q @ self._repeat_kv(k).transpose(-2, -1)) * self.scale
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()

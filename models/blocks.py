@@ -8,6 +8,8 @@ Each sublayer f (attention, FFN, or their parallel sum) is wrapped by its norm p
   reordered  x + N(f(x))          OLMo 2 (final norm)
 A serial block is attention then FFN; a parallel block (GPT-J, PaLM) is one sublayer
 f(h) = attn(h) + ffn(h) sharing one norm and one fused input projection.
+Every sublayer takes f(x, rec, cache): ``cache`` is the layer's KV cache while decoding (models/kvcache.py),
+which only attention reads.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from .attention import Attention
+from .custom import build_attention
 from .ffn import GLU, make_ffn
 from .norms import make_norm
 
@@ -36,8 +39,8 @@ class PreNorm(nn.Module):
         self.f, self.skip = f, Skip(cfg.residual)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
 
-    def forward(self, x, rec=None):
-        return self.skip(x) + self.f(self.norm(x), rec)
+    def forward(self, x, rec=None, cache=None):
+        return self.skip(x) + self.f(self.norm(x), rec, cache)
 
 
 class PostNorm(nn.Module):
@@ -46,8 +49,8 @@ class PostNorm(nn.Module):
         self.f, self.skip = f, Skip(cfg.residual)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
 
-    def forward(self, x, rec=None):
-        return self.norm(self.skip(x) + self.f(x, rec))
+    def forward(self, x, rec=None, cache=None):
+        return self.norm(self.skip(x) + self.f(x, rec, cache))
 
 
 class SandwichNorm(nn.Module):
@@ -57,8 +60,8 @@ class SandwichNorm(nn.Module):
         self.norm_in = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.norm_out = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
 
-    def forward(self, x, rec=None):
-        return self.skip(x) + self.norm_out(self.f(self.norm_in(x), rec))
+    def forward(self, x, rec=None, cache=None):
+        return self.skip(x) + self.norm_out(self.f(self.norm_in(x), rec, cache))
 
 
 class ReorderedNorm(nn.Module):
@@ -67,8 +70,8 @@ class ReorderedNorm(nn.Module):
         self.f, self.skip = f, Skip(cfg.residual)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
 
-    def forward(self, x, rec=None):
-        return self.skip(x) + self.norm(self.f(x, rec))
+    def forward(self, x, rec=None, cache=None):
+        return self.skip(x) + self.norm(self.f(x, rec, cache))
 
 
 NORM_POSITIONS = {"pre": PreNorm, "post": PostNorm, "sandwich": SandwichNorm, "reordered": ReorderedNorm}
@@ -84,7 +87,7 @@ class FFN(nn.Module):
         self.ffn = make_ffn(cfg)
         self.ffn.down.is_residual_projection = True
 
-    def forward(self, x, rec=None):
+    def forward(self, x, rec=None, cache=None):
         return self.ffn(x)
 
 
@@ -103,14 +106,14 @@ class ParallelAttnFFN(nn.Module):
         self.proj = nn.Linear(cfg.d_model, sum(self.attn.split_sizes) + self.ffn_in, bias=cfg.bias)
         self.proj.split_sizes = self.attn.split_sizes + ((self.d_ff, self.d_ff) if self.gated else (self.d_ff,))
 
-    def forward(self, x, rec=None):
+    def forward(self, x, rec=None, cache=None):
         qkv, u = self.proj(x).split([sum(self.attn.split_sizes), self.ffn_in], dim=-1)
         if self.gated:
             gate, up = u.split(self.d_ff, dim=-1)
             h = self.act(gate) * up
         else:
             h = self.act(u)
-        return self.attn.attend(qkv, rec) + self.down(h)
+        return self.attn.attend(qkv, rec, cache) + self.down(h)
 
 
 class Block(nn.Module):
@@ -121,12 +124,13 @@ class Block(nn.Module):
             self.sublayers = nn.ModuleList([wrap(ParallelAttnFFN(cfg), cfg)])
             self.sites = ("attn+ffn",)
         else:
-            self.sublayers = nn.ModuleList([wrap(Attention(cfg), cfg), wrap(FFN(cfg), cfg)])
+            attn = Attention(cfg) if cfg.attention_module is None else build_attention(cfg)  # models/custom.py
+            self.sublayers = nn.ModuleList([wrap(attn, cfg), wrap(FFN(cfg), cfg)])
             self.sites = ("attn", "ffn")
 
-    def forward(self, x: torch.Tensor, rec: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
         for site, sub in zip(self.sites, self.sublayers):
-            x = sub(x, rec)
+            x = sub(x, rec, cache)
             if rec is not None:
                 rec.setdefault("residual", []).append((site, x.detach()))
         return x

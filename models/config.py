@@ -3,7 +3,9 @@
 Every architecture axis is one field. Allowed values are taken from the module that implements
 the axis (``NORMS`` in norms.py, ``FFNS`` in ffn.py, ...), so adding a value is a local change there.
 Invalid values and combinations are rejected at construction with a ``ConfigError`` naming the
-field and the allowed values.
+field and the allowed values. ``norm``, ``ffn`` and ``attention_module`` also take a user's class,
+``"module.path:ClassName"``: it is imported and tried on a small input here (models/custom.py), so a bad
+one fails when the grid is built, before any job runs.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .blocks import BLOCKS, NORM_POSITIONS
+from .attention import ATTN_SCALES
+from . import custom
+from .blocks import BLOCKS, FINAL_NORM, NORM_POSITIONS
 from .ffn import FFNS, is_gated
 from .init import INITS
 from .norms import NORMS
@@ -78,7 +82,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "block": tuple(BLOCKS),
     "position": tuple(POSITIONS),
     "init": tuple(INITS),
+    "attn_scale": tuple(ATTN_SCALES),
 }
+
+CUSTOM_FIELDS = ("norm", "ffn")  # categorical axes that also take a user class "module.path:ClassName"
+# fields added after results were published: left out of the fingerprint at their default (None), so
+# every earlier variant keeps its fingerprint and short name
+UNHASHED_DEFAULTS = ("final_norm", "attention_module")
+
+
+def _label(value: str) -> str:
+    """A path-safe word for an axis value: a user class "pkg.mod:Class" -> "Class"."""
+    return value.rsplit(":", 1)[1] if custom.is_custom(value) else value
 
 
 @dataclass(frozen=True)
@@ -104,11 +119,14 @@ class ModelConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = False
     attn_softcap: float | None = None
+    attn_scale: str = "inv_sqrt_d"  # inv_sqrt_d (1/√d_k) | inv_d (1/d_k) | none (1): the factor on q·kᵀ
     final_softcap: float | None = None
     residual: bool = True
     init: str = "gpt2"  # gpt2 | gpt2_unscaled | xavier | kaiming (models/init.py)
     init_std: float = 0.02
     tie_embeddings: bool = True
+    final_norm: bool | None = None  # None: as norm_position implies (pre/sandwich/reordered on, post off)
+    attention_module: str | None = None  # None: the built-in; "module.path:ClassName" (models/custom.py)
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -119,8 +137,12 @@ class ModelConfig:
                 object.__setattr__(self, f.name, float(value))
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+            if value not in allowed and not (name in CUSTOM_FIELDS and custom.is_custom(value)):
+                own = " or your own class as 'module.path:ClassName'" if name in CUSTOM_FIELDS else ""
+                raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}{own}")
+        if self.attention_module is not None and not custom.is_custom(self.attention_module):
+            raise ConfigError(f"attention_module={self.attention_module!r} must be null (the built-in attention) "
+                              "or a class 'module.path:ClassName'")
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "ffn_multiple_of"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
@@ -147,6 +169,13 @@ class ModelConfig:
         if self.qk_norm and self.norm == "none":
             raise ConfigError("qk_norm=True normalises q and k with the configured norm, but norm='none'; "
                               "set norm to one of ['layernorm', 'rmsnorm'] or qk_norm=False")
+        if self.qk_norm and self.norm == "batchnorm":
+            raise ConfigError("qk_norm=True with norm='batchnorm' would pool q and k statistics over batch, heads "
+                              "and positions; set norm to one of ['layernorm', 'rmsnorm'] or qk_norm=False")
+        for name in ("ffn", "attention_module"):
+            if self.block == "parallel" and custom.is_custom(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: a custom module needs block='serial' (the "
+                                  "parallel block fuses the built-in projections); allowed: ['serial']")
         for name in ("attn_softcap", "final_softcap"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -159,8 +188,14 @@ class ModelConfig:
             raise ConfigError(f"init_std={self.init_std} must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if any(custom.is_custom(getattr(self, name)) for name in custom.FIELDS):
+            custom.check(self)  # import and try the user's classes (models/custom.py)
 
     # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def has_final_norm(self) -> bool:
+        return FINAL_NORM[self.norm_position] if self.final_norm is None else self.final_norm
+
     @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
@@ -206,16 +241,18 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of every field (stable across Python sessions)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of every field (stable across Python sessions); the fields of
+        UNHASHED_DEFAULTS are left out while they are None."""
+        d = {k: v for k, v in self.to_dict().items() if not (k in UNHASHED_DEFAULTS and v is None)}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def short_name(self) -> str:
         """A stable, path-safe name: the main axes in words, then 8 hex digits of the fingerprint."""
         parts = [
             self.norm_position,
-            self.norm,
-            self.ffn,
+            _label(self.norm),
+            _label(self.ffn),
             self.block,
             f"{self.attention_kind}{self.n_heads}x{self.kv_heads}",
             self.position,

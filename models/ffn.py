@@ -1,4 +1,5 @@
-"""Feed-forward axis: ``ffn`` ∈ {relu, gelu, gelu_tanh, silu, swiglu, geglu, reglu}.
+"""Feed-forward axis: ``ffn`` ∈ {relu, gelu, gelu_tanh, silu, swiglu, geglu, reglu}, or your own class
+(``"module.path:ClassName"``, constructed as ``cls(d_model, d_ff, bias)``: models/custom.py).
 
 Plain FFNs are ``W2 φ(W1 x)``; gated (GLU) ones are ``W2 (φ(W_gate x) ⊙ W_up x)`` (Shazeer 2020),
 with the gate and up projections fused into one matmul.
@@ -50,6 +51,10 @@ class GLU(nn.Module):
 
 
 def make_ffn(cfg) -> nn.Module:
+    if ":" in cfg.ffn:  # a user class "module.path:ClassName" (models/custom.py)
+        from .custom import build_ffn
+
+        return build_ffn(cfg)
     if is_gated(cfg.ffn):
         return GLU(cfg.d_model, cfg.ffn_dim, GATED[cfg.ffn], cfg.bias)
     return MLP(cfg.d_model, cfg.ffn_dim, cfg.ffn, cfg.bias)

@@ -79,7 +79,12 @@ def reset_parameters(model: nn.Module, cfg) -> None:
             for name, p in module.named_parameters(recurse=False):
                 p.fill_(1.0 if name == "weight" else 0.0)
                 covered.add(id(p))
+            if hasattr(module, "reset_running_stats"):  # batchnorm: fresh running mean / variance
+                module.reset_running_stats()
         elif isinstance(module, (nn.Linear, nn.Embedding)):
+            covered.update(id(p) for p in module.parameters(recurse=False))
+        elif callable(getattr(module, "reset_parameters", None)):  # a user's module (models/custom.py)
+            module.reset_parameters()
             covered.update(id(p) for p in module.parameters(recurse=False))
     pos = getattr(model, "pos", None)
     if pos is not None and isinstance(getattr(pos, "weight", None), nn.Parameter):

@@ -3,6 +3,8 @@
 ``learned`` and ``sinusoidal`` are added to the token embeddings (GPT-2 / Vaswani et al.);
 ``rope`` rotates q and k inside attention (Su et al. 2021, the half-split layout used by LLaMA);
 ``none`` is NoPE (causal masking alone carries order).
+Each takes the position of its first token (``start``, default 0), so a KV-cached decoding step
+(models/kvcache.py) embeds or rotates its tokens at their absolute positions.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(context_length, dim))
 
-    def forward(self, T: int) -> torch.Tensor:
-        return self.weight[:T]
+    def forward(self, T: int, start: int = 0) -> torch.Tensor:
+        return self.weight[start:start + T]
 
 
 class SinusoidalPositions(nn.Module):
@@ -31,8 +33,8 @@ class SinusoidalPositions(nn.Module):
         table[:, 1::2] = torch.cos(pos * inv)[:, : dim // 2]
         self.register_buffer("table", table.float(), persistent=False)
 
-    def forward(self, T: int) -> torch.Tensor:
-        return self.table[:T]
+    def forward(self, T: int, start: int = 0) -> torch.Tensor:
+        return self.table[start:start + T]
 
 
 ADDITIVE_POSITIONS: dict[str, type[nn.Module]] = {
@@ -58,8 +60,8 @@ class Rotary(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, heads, T, head_dim)."""
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x: (B, heads, T, head_dim) at positions start … start + T - 1."""
         T = x.shape[-2]
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
         return x * cos + self._rotate_half(x) * sin

@@ -4,6 +4,8 @@ Instrumentation is off by default and costs one ``is None`` check per sublayer. 
 ``forward(tokens, stats=True)`` the model returns ``(logits, stats)`` where stats holds, per layer
 and sublayer, the residual stream's mean / std / RMS / min / max, the max attention logit per layer,
 and the mean and max over positions of the output log-partition log Z = logsumexp(logits).
+``forward(tokens, cache=KVCache(...))`` decodes incrementally instead (models/kvcache.py): the tokens run at
+the positions after those already cached, and their keys and values are appended to the cache.
 """
 from __future__ import annotations
 
@@ -35,14 +37,16 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = (make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-                           if FINAL_NORM[cfg.norm_position] else nn.Identity())
+                           if cfg.has_final_norm else nn.Identity())  # FINAL_NORM unless final_norm set
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
         initialise(self, cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
 
-    def forward(self, tokens: torch.Tensor, stats: bool = False):
+    def forward(self, tokens: torch.Tensor, stats: bool = False, cache=None):
         B, T = tokens.shape
+        if cache is not None:
+            return self._decode(tokens, cache, stats)
         if T > self.cfg.context_length:
             raise ValueError(f"sequence length {T} exceeds context_length={self.cfg.context_length}")
         x = self.tok_emb(tokens)
@@ -60,6 +64,20 @@ class Transformer(nn.Module):
         if not stats:
             return logits
         return logits, self._collect(emb, recs, logits.detach())
+
+    def _decode(self, tokens: torch.Tensor, cache, stats: bool) -> torch.Tensor:
+        """The tokens at positions cache.length … + T - 1 against everything cached (models/kvcache.py)."""
+        if stats:
+            raise ValueError("stats=True is not available with a KV cache (decoding is not instrumented)")
+        B, T = tokens.shape
+        cache.check(B, T)
+        x = self.tok_emb(tokens)
+        if self.pos is not None:
+            x = x + self.pos(T, cache.length)
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, None, layer)
+        cache.length += T
+        return softcap(self.head(self.final_norm(x)), self.cfg.final_softcap)
 
     @torch.no_grad()
     def _collect(self, emb, recs, logits) -> dict:

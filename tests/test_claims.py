@@ -452,7 +452,8 @@ def registry():
 
 def test_registry_has_every_claim_and_kind(registry):
     assert [c["id"] for c in registry["claims"]] == ([f"C{i}" for i in range(1, 17)] + ["C19", "C17", "C18"]
-                                                     + [f"H{i}" for i in range(1, 6)])
+                                                     + [f"H{i}" for i in range(1, 6)] + ["S1"]
+                                                     + [f"L{i}" for i in range(1, 8)])
     kinds = {c["kind"] for cl in registry["claims"] for c in cl["checks"]}
     assert kinds == set(claims.KINDS)
     for cl in registry["claims"]:
@@ -491,6 +492,23 @@ def test_registry_errors_name_the_problem(bad, message):
                         "direction": "above", "threshold": 0}]}]})
 
 
+OWN_GRID = {"H": "hparams.yaml", "S": "ladder.yaml", "L": "lecture.yaml"}  # claim id prefix -> the grid scoring it
+
+
+def test_claims_of_their_own_grids_name_its_variants(registry):
+    """H claims compare config/hparams.yaml's variants (tested below), S claims the ladder's arms, L claims
+    config/lecture.yaml's variants."""
+    from workflows.grid import Grid, load_pipeline_config
+
+    for prefix in ("S", "L"):
+        grid = Grid.from_config(load_pipeline_config(ROOT / "config" / OWN_GRID[prefix]))
+        names = set(grid.ladder["arms"]) if grid.ladder else set(grid.variants)
+        for cl in registry["claims"]:
+            if cl["id"].startswith(prefix):
+                for c in cl["checks"]:
+                    assert set(claims.check_variants(c)) <= names, (cl["id"], c["id"])
+
+
 def test_paper_grid_has_every_claim_arm(registry):
     from workflows.grid import Grid, load_pipeline_config
 
@@ -500,7 +518,7 @@ def test_paper_grid_has_every_claim_arm(registry):
     assert set(default["variants"]) <= set(paper["variants"])
     assert grid.lrs == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1] and len(grid.seeds) == 3
     for cl in registry["claims"]:
-        if cl["id"].startswith("H"):  # the hyperparameter claims are scored on config/hparams.yaml
+        if cl["id"][0] in OWN_GRID:  # scored on a grid of their own
             continue
         for c in cl["checks"]:
             for v in claims.check_variants(c):

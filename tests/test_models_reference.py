@@ -342,6 +342,7 @@ AXIS_VALUES = [(axis, v) for axis, vals in CHOICES.items() for v in vals]
 AXIS_VALUES += [(axis, v) for axis in ("bias", "qk_norm", "residual", "tie_embeddings") for v in (False, True)]
 AXIS_VALUES += [("attn_softcap", None), ("attn_softcap", 2.0), ("final_softcap", None), ("final_softcap", 2.0),
                 ("n_kv_heads", None), ("n_kv_heads", 2), ("n_kv_heads", 1), ("dropout", 0.0), ("dropout", 0.3)]
+AXIS_VALUES += [("final_norm", None), ("final_norm", False), ("final_norm", True), ("attention_module", None)]
 
 
 def test_axis_values_cover_every_field():

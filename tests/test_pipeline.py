@@ -123,7 +123,9 @@ def test_micro_pipeline_kill_resume_and_outputs(tmp_path, work, grid):
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"variants": {"baseline": {"model": {"norm": "batchnorm"}}}}, "norm='batchnorm' is not allowed"),
+    ({"variants": {"baseline": {"model": {"norm": "groupnorm"}}}}, "norm='groupnorm' is not allowed"),
+    ({"variants": {"baseline": {"model": {"norm": "tests.usermods.modules:Nope"}}}},
+     "module 'tests.usermods.modules' has no class 'Nope'"),
     ({"variants": {"baseline": {"model": {"n_kv_heads": 3}}}}, "n_kv_heads=3 must divide n_heads"),
     ({"variants": {"baseline": {"train": {"warmup": 3}}}}, "unknown train config field(s) ['warmup']"),
     ({"seeds": [-1]}, "seeds"),

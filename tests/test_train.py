@@ -24,7 +24,7 @@ def run_dict(corpus, **train):
 @pytest.mark.parametrize("patch, field", [
     ({"train": {"lrr": 1}}, "lrr"),
     ({"train": {"no_decay": ["norms"]}}, "train.no_decay"),
-    ({"model": {"norm": "batchnorm"}}, "norm='batchnorm'"),
+    ({"model": {"norm": "groupnorm"}}, "norm='groupnorm'"),
     ({"optimizer": "sgd"}, "optimizer"),
     ({"train": {"compile": "yes"}}, "train.compile"),
 ])

@@ -43,6 +43,7 @@ from .io import atomic_path, write_csv, write_parquet, write_text
 
 AXES = ["norm_position", "norm", "bias", "ffn", "block", "n_heads", "n_kv_heads", "attention", "position",
         "qk_norm", "attn_softcap", "final_softcap", "residual", "init", "tie_embeddings", "dropout",
+        "final_norm", "attention_module", "attn_scale",
         "d_model", "n_layers", "head_dim", "d_ff", "context_length", "vocab_size"]
 TRAIN_COLS = ["steps", "batch_size", "warmup_steps", "z_loss", "weight_decay", "grad_clip"]
 
@@ -72,6 +73,8 @@ def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict
     meta = grid["variants"].get(label, {})
     row = {"variant": label, "family": meta.get("family", ""), "seed": m["seed"], "lr": m["lr"],
            "status": m["status"]}
+    if "rung" in meta:  # a ladder's variant <arm>@<rung> (workflows.ladder)
+        row["rung"] = meta["rung"]
     row.update({a: cfg["model"].get(a) for a in AXES if a in cfg["model"]})
     row.update(n_kv_heads=mc.kv_heads, attention=mc.attention_kind, head_dim=mc.dim_head, d_ff=mc.ffn_dim)
     row.update({c: cfg["train"][c] for c in TRAIN_COLS})
@@ -90,6 +93,10 @@ def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict
     row["max_attn_logit"] = float(logit.value.max()) if len(logit) else math.nan
     row["final_logz_mean"] = float(logz.value.iloc[-1]) if len(logz) else math.nan
     row["grad_spike_score"] = spike_score(gn.value.to_numpy()) if len(gn) else math.nan
+    wn = h[(h.kind == "layer") & (h.metric == "weight_norm")]
+    if len(wn):  # the Frobenius norm of all weight matrices together at the last statistics step
+        last = wn[wn.step == wn.step.max()]
+        row["final_weight_norm"] = float(np.sqrt((last.value.astype(float) ** 2).sum()))
     h.insert(0, "lr", m["lr"])
     h.insert(0, "seed", m["seed"])
     h.insert(0, "variant", label)
@@ -138,20 +145,25 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
     val_hist = None
     if history is not None and len(history):
         val_hist = history[(history.kind == "val") & (history.metric == "loss")]
-    base_tps = runs[runs.variant == baseline].tokens_per_s.median() if baseline in set(runs.variant) else math.nan
-    base_compared = compared(baseline) if baseline in best else {}
+    def baseline_of(v):  # a ladder's <arm>@<rung> compares with <baseline>@<rung> (workflows.ladder)
+        return grid["variants"].get(v, {}).get("baseline", baseline)
+
     rows = []
     for v in order:
         r = runs[runs.variant == v]
+        b = baseline_of(v)
         vals = at_best(v)
         mean, lo, hi = stats.mean_ci(list(vals.values()))
         cmp = compared(v)
-        if v == baseline:
+        if v == b:
             d, dlo, dhi, npair = 0.0, 0.0, 0.0, len(cmp)
+        elif b not in best:
+            d, dlo, dhi, npair = math.nan, math.nan, math.nan, 0
         elif mode == "best":  # the claims' selection-aware interval (selection.crossfit_delta)
-            d, dlo, dhi, npair = selection.crossfit_delta(r, runs[runs.variant == baseline], "final_val_loss")
+            d, dlo, dhi, npair = selection.crossfit_delta(r, runs[runs.variant == b], "final_val_loss")
         else:
-            d, dlo, dhi, npair = stats.paired_delta(cmp, base_compared)
+            d, dlo, dhi, npair = stats.paired_delta(cmp, compared(b))
+        base_tps = runs[runs.variant == b].tokens_per_s.median() if b in best else math.nan
         k, n = int(r.diverged.sum()), len(r)
         wlo, whi = stats.wilson(k, n)
         lrs = per_lr[per_lr.variant == v]

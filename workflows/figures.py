@@ -18,8 +18,8 @@ given), and ``loss_by_variant`` marks the summary's flags: † best LR at grid e
 ≈ on the unigram plateau (rules in ``workflows.flags``).
 
 Figures (``FIGURES``): loss_by_variant, loss_vs_lr, divergence_heatmap, throughput, loss_curves,
-activations, grad_norms, attn_logits. A figure whose variants are missing from the grid plots what
-exists and says what is missing in its title; diverged runs (NaN losses) are drawn as such, never
+activations, grad_norms, attn_logits, weight_norms. A figure whose variants are missing from the grid
+plots what exists and says what is missing in its title; diverged runs (NaN losses) are drawn as such, never
 dropped silently. Each file is written atomically (temporary file, then rename).
 """
 from __future__ import annotations
@@ -1052,6 +1052,82 @@ def main(argv=None) -> int:
         return 1
     print(f"[figures] {len(args.only or known)} figures -> {args.out}/")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# per-layer weight norms over training: weight decay against norm inflation (Adam's update is blind
+# to a parameter's scale, so without decay the norms only grow)
+WEIGHT_DECAY_SWEEP = "weight_decay"  # the sweep whose values become the hue
+MAX_LAYERS_SHOWN = 6  # layer columns of the weight-norm figure (first, last and evenly spaced between)
+WHOLE_MODEL_SITES = {"embed": "token embedding", "pos": "position embedding", "head": "output head"}  # layer -1
+
+
+def _weight_norm_layout(h: pd.DataFrame):
+    """(whole-model sites, block sites, layers shown): at most MAX_LAYERS_SHOWN layers, evenly spaced."""
+    whole = [s for s in WHOLE_MODEL_SITES if s in set(h.site[h.layer < 0])]
+    block = sorted(set(h.site[h.layer >= 0]), key=lambda s: SITE_ORDER.get(s, 3))
+    layers = np.array(sorted(h.layer[h.layer >= 0].unique()))
+    if len(layers) > MAX_LAYERS_SHOWN:
+        layers = layers[np.unique(np.round(np.linspace(0, len(layers) - 1, MAX_LAYERS_SHOWN)).astype(int))]
+    return whole, block, [int(x) for x in layers]
+
+
+def fig_weight_norms(d: Data):
+    """Frobenius norm of each sublayer's weight matrices (and the embedding) vs training step: the
+    embedding side in the first column, then one column per layer and one row per sublayer site; hue =
+    weight decay for a weight-decay sweep, else the variant."""
+    h = d.history
+    h = h[(h.kind == "layer") & (h.metric == "weight_norm")]
+    h = h[_finite(h.value)]
+    if not len(h):
+        return _placeholder("Per-layer weight norms", "no weight_norm rows in the history (recorded at "
+                            "statistics steps; older runs and train.stats_every = 0 have none)")
+    sweep = (d.grid.get("sweeps") or {}).get(WEIGHT_DECAY_SWEEP)
+    present = set(h.variant)
+    if sweep and any(item["variant"] in present for item in sweep["values"]):
+        items = [item for item in sweep["values"] if item["variant"] in present]
+        vs = [item["variant"] for item in items]
+        hue = {item["variant"]: f"weight_decay = {item['label']}" for item in items}
+        colors = dict(zip(hue.values(), sns.color_palette("viridis", len(items))))
+        title = "AdamW weight decay"
+    else:
+        vs = [v for v in d.order if v in present]
+        hue = {v: v for v in vs}
+        colors = {v: d.colors[v] for v in vs}
+        title = "variant"
+    h = _runs_at(h, d, vs)
+    whole, block, layers = _weight_norm_layout(h)
+    nrows, ncols = max(len(whole), len(block), 1), 1 + len(layers)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.0, 2.6 * nrows), squeeze=False, sharex=True)
+    cells = [(i, 0, -1, site) for i, site in enumerate(whole)]
+    cells += [(i, j + 1, layer, site) for j, layer in enumerate(layers) for i, site in enumerate(block)]
+    used = {(i, j) for i, j, _, _ in cells}
+    for (i, j), ax in np.ndenumerate(axes):
+        ax.set_visible((i, j) in used)
+    for i, j, layer, site in cells:
+        ax = axes[i, j]
+        hp = h[(h.layer == layer) & (h.site == site)]
+        for v in vs:
+            hv = hp[hp.variant == v]
+            if len(hv):
+                sns.lineplot(data=hv, x="step", y="value", color=colors[hue[v]], lw=_lw(d, v), marker="o", ms=3,
+                             errorbar=t_errorbar, ax=ax, zorder=_z(d, v))
+        ax.set_title(WHOLE_MODEL_SITES[site] if layer < 0 else f"layer {layer} · {site}", fontsize=10)
+        bottom = (i + 1, j) not in used  # the lowest panel of its column carries the step axis
+        ax.tick_params(labelbottom=bottom)
+        ax.set_xlabel("training step" if bottom else "")
+        ax.set_ylabel("Frobenius norm" if j == 0 or (j == 1 and i >= len(whole)) else "")
+    hs = [Line2D([], [], color=colors[hue[v]], lw=_lw(d, v), marker="o", ms=4) for v in vs]
+    _legend_outside(fig, hs, [f"{hue[v]} (η={_lr_str(d.comparison_lr(v))})" for v in vs], title=title)
+    n_layers = int(h.layer.max()) + 1 if (h.layer >= 0).any() else 0
+    shown = "" if len(layers) == n_layers else f" (layers {layers} of {n_layers})"
+    fig.suptitle("Weight norms over training (weight matrices of each sublayer, before the step's update)"
+                 f"{shown}; mean with a 95% Student-t interval over seeds", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES["weight_norms"] = fig_weight_norms
 
 
 if __name__ == "__main__":

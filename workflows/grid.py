@@ -70,16 +70,19 @@ def deep_update(base: dict, over: dict) -> dict:
 
 @dataclass
 class Grid:
-    config: dict  # with the sweeps expanded into variants
+    config: dict  # with the sweeps and the ladder expanded into variants
     sweeps: dict = field(default_factory=dict)  # workflows.sweeps.expand's summary
+    ladder: dict | None = None  # workflows.ladder.expand's summary (None: no ladder)
 
     @classmethod
     def from_config(cls, config: dict) -> "Grid":
+        from . import ladder
         from .sweeps import expand
 
         check_seed_offset(config.get("seed_offset", 0))
         variants, sweeps = expand(config)
-        grid = cls({**config, "variants": variants}, sweeps)
+        variants, rungs, baseline = ladder.expand(config, variants)
+        grid = cls({**config, "variants": variants, "baseline": baseline}, sweeps, rungs)
         if grid.baseline not in grid.variants:
             raise ConfigError(f"baseline={grid.baseline!r} is not one of the variants {list(grid.variants)}")
         if len(set(map(lr_label, grid.lrs))) != len(grid.lrs):
@@ -221,12 +224,14 @@ class Grid:
             "name": self.config.get("name", ""), "baseline": self.baseline, "order": list(self.variants),
             "seeds": self.seeds, "seed_offset": self.seed_offset, "lrs": self.lrs, "compare_lr": self.compare_lr,
             "variants": {v: {"family": (s or {}).get("family", "other"), "description": (s or {}).get("description", ""),
+                             **{k: s[k] for k in ("rung", "arm", "baseline") if k in (s or {})},
                              "model": (s or {}).get("model", {}), "train": (s or {}).get("train", {}),
                              "data": (s or {}).get("data", {}),
                              "seeds": self.variant_seeds(v), "lrs": self.variant_lrs(v)}
                          for v, s in self.variants.items()},
             "model": self.config.get("model", {}), "train": self.config.get("train", {}),
             "data": self.config.get("data", {}), "sweeps": self.sweeps,
+            **({"ladder": self.ladder} if self.ladder else {}),
             "dedup": self.dedup(),
         }
 

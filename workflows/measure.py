@@ -4,7 +4,9 @@
 (step, kind, metric, layer, site, value), steady-state throughput, the divergence detector and the
 best validation loss. ``layer_snapshot`` / ``Recorder.layer_stats`` take the per-layer statistics of
 a statistics step (gradient norm before clipping, update/weight ratio, residual-stream moments,
-max attention logit, output log Z). ``Recorder.metrics`` turns the state into ``metrics.json``.
+max attention logit, output log Z, and ``weight_norms``: the Frobenius norm of each sublayer's weight
+matrices and of the embedding, before the step's update). ``Recorder.metrics`` turns the state into
+``metrics.json``.
 
 Divergence: a run diverges when a loss is non-finite, or when the smoothed (EMA) train loss stays
 above ℓ0 = ln(vocab) + ``divergence_margin`` for ``divergence_patience`` consecutive log checks.
@@ -66,6 +68,30 @@ def layer_params(model) -> dict[int, list[torch.Tensor]]:
         if layer is not None:
             out.setdefault(layer, []).append(p)
     return out
+
+
+def weight_matrices(model) -> dict[tuple[int, str], list[torch.Tensor]]:
+    """The weight matrices (parameters of >= 2 dimensions: no norm gains, no biases) by (layer, site):
+    each block's sublayers under their residual-stream site (``attn``, ``ffn``, or ``attn+ffn`` of a
+    parallel block), and layer -1 for the token embedding (``embed``), a learned position table
+    (``pos``) and an untied output head (``head``; a tied head is the embedding)."""
+    out: dict[tuple[int, str], list[torch.Tensor]] = {}
+    for i, block in enumerate(model.blocks):
+        for site, sub in zip(block.sites, block.sublayers):
+            out[(i, site)] = [p for p in sub.f.parameters() if p.ndim >= 2]
+    seen = set()
+    for site, mod in (("embed", model.tok_emb), ("pos", model.pos), ("head", model.head)):
+        ps = [p for p in (mod.parameters() if mod is not None else []) if p.ndim >= 2 and id(p) not in seen]
+        seen.update(id(p) for p in ps)
+        if ps:
+            out[(-1, site)] = ps
+    return {k: ps for k, ps in out.items() if ps}
+
+
+@torch.no_grad()
+def weight_norms(groups: dict[tuple[int, str], list[torch.Tensor]]) -> dict[tuple[int, str], float]:
+    """Frobenius norm of each group of ``weight_matrices`` (the norm of all its entries together)."""
+    return {k: vector_norm(ps) for k, ps in groups.items()}
 
 
 @torch.no_grad()
@@ -199,7 +225,9 @@ class Recorder:
                 f"({self.bpb(loss):.3f} bpb) | lr {lr:.2e}")
 
     @torch.no_grad()
-    def layer_stats(self, step: int, st: dict, snapshot: tuple[dict, dict], layers: dict) -> None:
+    def layer_stats(self, step: int, st: dict, snapshot: tuple[dict, dict], layers: dict,
+                    weights: dict | None = None) -> None:
+        """Record a statistics step; ``weights``: ``weight_norms`` taken before the step's update."""
         grads, before = snapshot
         for row in st["residual"]:
             for k in ("mean", "std", "rms"):
@@ -211,6 +239,8 @@ class Recorder:
             self.record(step, "layer", "grad_norm", grads[i], i)
             delta = vector_norm([p - b for p, b in zip(ps, before[i])])
             self.record(step, "layer", "update_ratio", delta / max(vector_norm(before[i]), 1e-30), i)
+        for (i, site), v in (weights or {}).items():
+            self.record(step, "layer", "weight_norm", v, i, site)
         self.record(step, "logits", "logz_mean", st["logz_mean"])
         self.record(step, "logits", "logz_max", st["logz_max"])
 

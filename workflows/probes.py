@@ -3,13 +3,13 @@
     python -m workflows.probes --probe grad_init --config-json '{...}' (--registry config/claims.yaml |
         --arms-json '{arm: overrides}') --out results/probes/grad_init.parquet [--work work] [--threads 1]
 
-Each probe builds fresh (untrained) models and writes one long table (``PROBE_COLUMNS``): one row per
-(arm, seed, depth, layer, metric). ``layer`` is the block index for per-layer rows and -1 for
-whole-model rows (derived statistics such as a last/first ratio, and the embedding row). The arms of
-a probe — which ``ModelConfig`` overrides it compares — are part of the claim and live in the
-registry (``probes:`` section of config/claims.yaml); its sizes (seeds, batches, depths, model width)
-come from the pipeline config's ``claims.probes`` section (``ProbeSettings`` below, CPU-cheap
-defaults).
+Each probe builds fresh models (untrained, or trained a few steps by the trained probes below) and
+writes one long table (``PROBE_COLUMNS``): one row per (arm, seed, depth, layer, metric). ``layer`` is
+the block index for per-layer rows and -1 for whole-model rows (derived statistics such as a
+last/first ratio, and the embedding row). The arms of a probe — which ``ModelConfig`` overrides it
+compares — are part of the claim and live in the registry (``probes:`` section of
+config/claims.yaml); its sizes (seeds, batches, depths, model width, training steps) come from the
+pipeline config's ``claims.probes`` section (``ProbeSettings`` below, CPU-cheap defaults).
 
 A probe model is: the grid's architecture axes (``model:`` of the pipeline config, without its shape
 fields) ← the probe's shape (``ProbeSettings.model``) ← the arm's overrides ← ``n_layers = depth``;
@@ -32,6 +32,32 @@ Probes
   on a model whose query/key and output weights are scaled by ``softcap_scale`` so that the raw
   (uncapped) logits exceed the caps; also the cap function itself on inputs up to ±1e30 in fp32 and
   bf16. A capped metric is NaN when the raw logits never exceeded the cap (the probe proved nothing).
+
+Trained probes measure at init and again after ``train_steps`` AdamW steps on training batches (the
+training loop's ``losses`` and ``make_optimizer`` with ``TrainConfig``'s defaults otherwise: weight decay
+0.1 on matrices, the warmup-cosine ``lr_at`` schedule to ``train_lr``, gradient clipping at 1); metric names end in ``_init`` or ``_trained``, ``loss_<phase>`` is the loss on the
+measurement batches and ``train_steps`` the steps taken. ``tokens`` is the measured tokens at init and the
+training tokens after training.
+- ``attn_saturation`` (the lecture's "√d_k scaling solves softmax saturation, overflow, small
+  gradients"): the attention probabilities of every layer, recomputed as softmax(cap(q·kᵀ·scale) + causal
+  mask) from the q, k of the layer's own projection (a forward hook; ``attention_heads`` /
+  ``attention_probs``, tested equal to the model's attention output). Per layer, over the query rows that
+  see more than one key (row 0 is one-hot by construction): ``attn_entropy`` (mean row entropy, nats),
+  ``attn_entropy_ratio`` (mean of entropy / ln(keys seen): 1 uniform, 0 one-hot), ``attn_saturated``
+  (share of rows whose top probability exceeds ``SATURATED``), ``attn_logit_std`` (std of the softmax's
+  input logits over the causal entries), ``attn_logit_absmax`` (largest |logit|: overflow),
+  ``qkv_grad_norm`` (Frobenius norm of the loss gradient on the q/k/v projection weight, mean over
+  batches: the lecture's "small gradients" of a saturated softmax). Derived per model: ``mean_<metric>`` over layers, and
+  ``attn_entropy_uniform`` = the mean ln(keys seen) of those rows (the entropy of uniform attention).
+- ``feature_corr`` (the lecture's "LayerNorm reduces the covariance between features"): the mean
+  |off-diagonal Pearson correlation| between the d_model features (``mean_abs_corr``; tokens of the
+  measurement batches are the samples) of the residual stream going into (``corr_in_<site>``) and coming
+  out of (``corr_out_<site>``) every norm of the residual stream (hooks on the blocks' norm modules; not
+  QK-norm), ``<site>`` = the sublayer site (``attn``, ``ffn``, ``attn+ffn``; ``_in`` / ``_out`` appended for
+  sandwich's two norms), and the final norm at layer -1 (site ``final``). Derived per model:
+  ``mean_corr_in``, ``mean_corr_out`` over every norm, ``corr_ratio`` = out / in (< 1: the norm
+  decorrelates; exactly 1 for ``norm: none``), and ``corr_null`` = E|r| of independent Gaussian features
+  at the same number of samples (the noise floor: r² ~ Beta(1/2, (N - 2)/2)).
 """
 from __future__ import annotations
 
@@ -75,6 +101,11 @@ class ProbeSettings:
     kv_depth: int = 4
     softcap_depth: int = 2
     softcap_scale: float = 300.0
+    train_steps: int = 200  # AdamW steps of the trained probes (attn_saturation, feature_corr)
+    train_lr: float = 3e-3
+    measure_batches: int = 2  # batches each measurement of a trained probe pools
+    saturation_depth: int = 2
+    corr_depth: int = 4
 
     def __post_init__(self):
         check_types(self, ConfigError)
@@ -84,11 +115,15 @@ class ProbeSettings:
             v = getattr(self, name)
             if not v or any(not isinstance(d, int) or d < 1 for d in v):
                 raise ConfigError(f"claims.probes.{name}={v} must be a non-empty list of positive integers")
-        for name in ("batch_size", "grad_batches", "resid_batches", "kv_depth", "softcap_depth"):
+        for name in ("batch_size", "grad_batches", "resid_batches", "kv_depth", "softcap_depth", "measure_batches",
+                     "saturation_depth", "corr_depth"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"claims.probes.{name}={getattr(self, name)} must be a positive integer")
-        if not self.softcap_scale > 0:
-            raise ConfigError(f"claims.probes.softcap_scale={self.softcap_scale} must be > 0")
+        if self.train_steps < 0:
+            raise ConfigError(f"claims.probes.train_steps={self.train_steps} must be >= 0")
+        for name in ("softcap_scale", "train_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"claims.probes.{name}={getattr(self, name)} must be > 0")
         allowed = set(SHAPE_FIELDS) - {"n_layers", "vocab_size"}
         bad = sorted(set(self.model) - allowed)
         if bad:
@@ -155,6 +190,30 @@ class Probe:
 
         # batches a pure function of (probe seed, index), distinct from the training runs' streams
         return train_batch(self.train_tokens(), self.settings.batch_size, cfg.context_length, 7919 + seed, i)
+
+    def train(self, cfg, model, seed: int) -> int:
+        """``train_steps`` AdamW steps on training batches (indices after the measurement batches), as the
+        training loop takes them; returns the training tokens seen."""
+        import torch
+
+        from .train import TrainConfig, losses, lr_at, make_optimizer
+
+        s = self.settings
+        tc = TrainConfig(steps=max(s.train_steps, 1), lr=s.train_lr, warmup_steps=s.train_steps // 10,
+                         batch_size=s.batch_size)
+        opt = make_optimizer(model, tc, torch.device("cpu"))
+        model.train()
+        for step in range(s.train_steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            x, y = self.batch(cfg, seed, s.measure_batches + step)
+            _, loss = losses(model(x), y, 0.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.eval()
+        return s.train_steps * s.batch_size * cfg.context_length
 
     def add(self, arm, seed, depth, layer, metric, value, params, tokens):
         self.rows.append((self.name, arm, int(seed), int(depth), int(layer), metric, float(value), int(params),
@@ -341,7 +400,206 @@ def softcap(p: Probe) -> None:
             p.add(arm, seed, depth, -1, "fn_max_over_cap", worst, params, 0)
 
 
-PROBES = {"grad_init": grad_init, "resid_init": resid_init, "kv_cache": kv_cache, "softcap": softcap}
+# ------------------------------------------------------------------------------------------------
+# trained probes: attention saturation and feature correlation, at init and after training
+SATURATED = 0.99  # a row is saturated when its top attention probability exceeds this
+PHASES = ("init", "trained")
+
+
+def attention_heads(attn, qkv):
+    """q, k (RoPE'd) and v of shape (B, heads, T, head_dim) from the output of ``attn``'s q/k/v projection,
+    prepared as ``models.attention.Attention.attend`` prepares them (split, heads, QK-norm, RoPE)."""
+    B, T, _ = qkv.shape
+    q, k, v = qkv.split(attn.split_sizes, dim=-1)
+    q = q.view(B, T, attn.n_heads, attn.hd).transpose(1, 2)
+    k = k.view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
+    v = v.view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.rope is not None:
+        q, k = attn.rope(q), attn.rope(k)
+    return q, k, v
+
+
+def attention_probs(attn, q, k):
+    """(probabilities, logits, causal mask) of ``attn``: softmax(cap(q·kᵀ·scale) + mask), float32;
+    logits (B, heads, T, T) are the softmax's inputs before the mask."""
+    import torch
+
+    from models.attention import softcap as cap_fn
+
+    T = q.shape[-2]
+    logits = cap_fn((q.float() @ attn._repeat_kv(k.float()).transpose(-2, -1)) * attn.scale, attn.cap)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1), logits, mask
+
+
+def saturation_stats(probs, logits, mask) -> dict:
+    """Row statistics of causal attention (rows that see more than one key): mean entropy (nats), mean
+    entropy / ln(keys seen), share of rows with top probability > ``SATURATED``, the mean ln(keys seen)
+    (uniform attention's entropy), and the std and largest |value| of the logits over the causal entries."""
+    import torch
+
+    T = probs.shape[-1]
+    rows = probs[..., 1:, :].double()  # row t sees t + 1 keys; row 0 is one-hot by construction
+    seen = torch.arange(2, T + 1, dtype=torch.float64, device=probs.device)
+    entropy = torch.special.entr(rows).sum(-1)
+    causal = logits[..., mask].double()
+    return {"attn_entropy": entropy.mean().item(),
+            "attn_entropy_ratio": (entropy / seen.log()).mean().item(),
+            "attn_saturated": (rows.amax(-1) > SATURATED).double().mean().item(),
+            "attn_entropy_uniform": seen.log().mean().item(),
+            "attn_logit_std": causal.std().item(),
+            "attn_logit_absmax": causal.abs().max().item()}
+
+
+def _qkv_projections(model):
+    """(layer, attention module, projection whose output holds q|k|v first) per block."""
+    out = []
+    for i, block in enumerate(model.blocks):
+        for sub in block.sublayers:
+            f = sub.f
+            if hasattr(f, "qkv"):
+                out.append((i, f, f.qkv))
+            elif hasattr(f, "attn") and hasattr(f, "proj"):  # a parallel block's fused input projection
+                out.append((i, f.attn, f.proj))
+    return out
+
+
+def attn_saturation(p: Probe) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    s = p.settings
+    depth = s.saturation_depth
+    for arm, _, seed, cfg, model, params in p.instances([depth]):
+        projs = _qkv_projections(model)
+        if len(projs) != depth:
+            raise RuntimeError(f"attn_saturation probe: arm {arm!r} has {len(projs)} attention layers of {depth}")
+        seen = {}
+        hooks = [proj.register_forward_hook(lambda mod, i, o, layer=layer: seen.__setitem__(layer, o.detach()))
+                 for layer, _, proj in projs]
+        tokens = s.measure_batches * s.batch_size * cfg.context_length
+        for phase in PHASES:
+            if phase == "trained":
+                tokens = p.train(cfg, model, seed)
+            model.eval()
+            acc = {layer: {} for layer in range(depth)}
+            loss_sum = 0.0
+            for b in range(s.measure_batches):
+                x, y = p.batch(cfg, seed, b)
+                model.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+                loss.backward()
+                loss_sum += loss.item() / s.measure_batches
+                with torch.no_grad():
+                    for layer, attn, proj in projs:
+                        q, k, _ = attention_heads(attn, seen[layer][..., :sum(attn.split_sizes)])
+                        st = saturation_stats(*attention_probs(attn, q, k))
+                        g = proj.weight.grad[:sum(attn.split_sizes)]
+                        st["qkv_grad_norm"] = torch.linalg.norm(g).item()
+                        for m, v in st.items():
+                            acc[layer][m] = acc[layer].get(m, 0.0) + v / s.measure_batches
+            model.zero_grad(set_to_none=True)
+            for layer in range(depth):
+                for m, v in acc[layer].items():
+                    if m != "attn_entropy_uniform":
+                        p.add(arm, seed, depth, layer, f"{m}_{phase}", v, params, tokens)
+            for m in acc[0]:
+                if m != "attn_entropy_uniform":
+                    p.add(arm, seed, depth, -1, f"mean_{m}_{phase}", np.mean([acc[i][m] for i in range(depth)]),
+                          params, tokens)
+            p.add(arm, seed, depth, -1, f"loss_{phase}", loss_sum, params, tokens)
+        p.add(arm, seed, depth, -1, "attn_entropy_uniform", acc[0]["attn_entropy_uniform"], params, 0)
+        p.add(arm, seed, depth, -1, "train_steps", s.train_steps, params, 0)
+        for h in hooks:
+            h.remove()
+
+
+def mean_abs_corr(x) -> float:
+    """Mean |off-diagonal Pearson correlation| between the features (last axis) of ``x``, every other axis
+    a sample (float64 ``torch.corrcoef``); features of zero variance are left out."""
+    import torch
+
+    z = x.detach().reshape(-1, x.shape[-1]).double()
+    keep = z.std(dim=0) > 0
+    z = z[:, keep]
+    d = z.shape[1]
+    if d < 2:
+        return math.nan
+    r = torch.corrcoef(z.T)
+    off = ~torch.eye(d, dtype=torch.bool, device=r.device)
+    return r[off].abs().mean().item()
+
+
+def null_abs_corr(n: int) -> float:
+    """E|r| of two independent Gaussian samples of size ``n``: r² ~ Beta(1/2, (n - 2)/2), so
+    E|r| = B(1, (n - 2)/2) / B(1/2, (n - 2)/2)."""
+    from scipy.special import beta
+
+    return float(beta(1.0, (n - 2) / 2) / beta(0.5, (n - 2) / 2))
+
+
+def _residual_norms(model):
+    """(layer, site, norm module) of every norm on the residual stream: the blocks' sublayer norms (not
+    QK-norm) and the final norm (layer -1, site "final") where there is one."""
+    from torch import nn
+
+    out = []
+    for i, block in enumerate(model.blocks):
+        for site, sub in zip(block.sites, block.sublayers):
+            names = [n for n in ("norm", "norm_in", "norm_out") if isinstance(getattr(sub, n, None), nn.Module)]
+            for n in names:
+                out.append((i, site if n == "norm" else f"{site}_{n.removeprefix('norm_')}", getattr(sub, n)))
+    if not isinstance(model.final_norm, nn.Identity):
+        out.append((-1, "final", model.final_norm))
+    return out
+
+
+def feature_corr(p: Probe) -> None:
+    import torch
+
+    s = p.settings
+    depth = s.corr_depth
+    for arm, _, seed, cfg, model, params in p.instances([depth]):
+        norms = _residual_norms(model)
+        seen = {}
+
+        def hook(mod, inp, out, key):
+            seen.setdefault(key, []).append((inp[0].detach(), out.detach()))
+
+        hooks = [m.register_forward_hook(lambda mod, i, o, key=(layer, site): hook(mod, i, o, key))
+                 for layer, site, m in norms]
+        tokens = s.measure_batches * s.batch_size * cfg.context_length
+        for phase in PHASES:
+            if phase == "trained":
+                tokens = p.train(cfg, model, seed)
+            model.eval()
+            seen.clear()
+            with torch.no_grad():
+                for b in range(s.measure_batches):
+                    model(p.batch(cfg, seed, b)[0])
+            ins, outs = [], []
+            for (layer, site), pairs in seen.items():
+                c_in = mean_abs_corr(torch.cat([a for a, _ in pairs]))
+                c_out = mean_abs_corr(torch.cat([b for _, b in pairs]))
+                ins.append(c_in)
+                outs.append(c_out)
+                p.add(arm, seed, depth, layer, f"corr_in_{site}_{phase}", c_in, params, tokens)
+                p.add(arm, seed, depth, layer, f"corr_out_{site}_{phase}", c_out, params, tokens)
+            m_in, m_out = np.nanmean(ins), np.nanmean(outs)
+            p.add(arm, seed, depth, -1, f"mean_corr_in_{phase}", m_in, params, tokens)
+            p.add(arm, seed, depth, -1, f"mean_corr_out_{phase}", m_out, params, tokens)
+            p.add(arm, seed, depth, -1, f"corr_ratio_{phase}", m_out / m_in, params, tokens)
+        n = s.measure_batches * s.batch_size * cfg.context_length
+        p.add(arm, seed, depth, -1, "corr_null", null_abs_corr(n), params, 0)
+        p.add(arm, seed, depth, -1, "train_steps", s.train_steps, params, 0)
+        for h in hooks:
+            h.remove()
+
+
+PROBES = {"grad_init": grad_init, "resid_init": resid_init, "kv_cache": kv_cache, "softcap": softcap,
+          "attn_saturation": attn_saturation, "feature_corr": feature_corr}
 
 
 def run_probe(name: str, arms: dict, settings: ProbeSettings | dict, grid_model: dict, data: dict | None,

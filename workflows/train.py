@@ -55,13 +55,14 @@ import torch.nn.functional as F
 
 from models import ModelConfig, build
 from models.config import ConfigError, check_types, from_mapping
+from models import custom
 from models.init import reset_parameters
 from models.norms import NORMS
 
 from . import device as dev
 from .data import DataConfig, DataError, prepare, train_batch, val_windows, window_starts
 from .io import atomic_path, write_json
-from .measure import Recorder, RunState, layer_params, layer_snapshot
+from .measure import Recorder, RunState, layer_params, layer_snapshot, weight_matrices, weight_norms
 
 NO_DECAY_GROUPS = ("norm", "bias", "embedding")
 # torch.compile backend of a compiled job: inductor; tests pick a cheap one ("aot_eager") or a counting one
@@ -192,7 +193,7 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            if isinstance(mod, norm_types):
+            if isinstance(mod, norm_types) or getattr(mod, "is_norm", False):  # is_norm: a user's norm
                 group = "norm"
             elif pname == "bias":
                 group = "bias"
@@ -403,7 +404,7 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     resumed = load_checkpoint(ckpt, cfg, model, opt, rec, job.device)
     job.begin_run(cfg)
     rec.begin_segment()
-    layers = layer_params(model)
+    layers, weights = layer_params(model), weight_matrices(model)
     step, diverged = rec.state.step, None  # diverged: the reason the run stopped early, or None
     if not resumed:
         torch.manual_seed(cfg.seed + 1)  # dropout RNG: independent of whatever ran before
@@ -417,11 +418,12 @@ def fit(job: Job, cfg: RunConfig, store: Path):
         stats = tc.stats_every > 0 and step % tc.stats_every == 0
         loss, st = train_step(job, x, y, tc, stats)
         snapshot = layer_snapshot(layers) if stats else None
+        norms = weight_norms(weights) if stats else None  # the weights this step's update starts from
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if stats:
-            rec.layer_stats(step, st, snapshot, layers)
+            rec.layer_stats(step, st, snapshot, layers, norms)
         rec.step(step, loss, grad_norm.detach(), lr, clock.stop(tick), timed=not stats)
         step += 1
         if step % tc.log_every == 0 or step == tc.steps:
@@ -440,7 +442,10 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     backend = getattr(COMPILE_BACKEND, "__name__", str(COMPILE_BACKEND)) if job.compiled else None
     extra = {"eval_batches": job.eval_batches(cfg)["record"], "compile_backend": backend,
              "gpu_mem_fraction": job.mem_fraction}
-    return rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data, extra), rec.history_table()
+    metrics = rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data, extra)
+    if custom_modules := custom.report(cfg.model):  # parity of the user's modules vs the built-ins they replace
+        metrics["custom_modules"] = custom_modules  # (models/custom.py)
+    return metrics, rec.history_table()
 
 
 # ---- a job: several runs, each through its store ----------------------------------------------------

@@ -32,6 +32,14 @@ class Evidence:
     compare_lr: float | None = None  # the grid's pre-registered shared comparison LR (grid.json)
     speed: pd.DataFrame | None = None  # side-by-side throughput (variant, rep, tokens_per_s, device)
     floors: dict = field(default_factory=lambda: dict(FLOORS))
+    tables: dict = field(default_factory=dict)  # other measured tables by name (``--table NAME=PATH``): ladder, decode...
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Measured table ``name`` (e.g. the ladder's or the decode bench's); NotRun when this run has none."""
+        t = self.tables.get(name)
+        if t is None:
+            raise NotRun(f"no {name} table in this run (its config does not measure it)")
+        return t
 
     def variant(self, v: str, c: dict) -> pd.DataFrame:
         """Runs of variant ``v`` within the check's LR range; NotRun if the grid lacks it."""

@@ -193,6 +193,50 @@ def k_speed_ratio(ev: Evidence, c: dict) -> list[Measure]:
     return [m]
 
 
+DECODE_MAX_SHARED = 0.1  # a CPU decode bench is judged only when other processes took at most 10% of the machine
+
+
+@kind("decode_ratio", required={"treatment", "control", "batch_size", "context"}, optional={"device", "max_shared"},
+      unit="ratio", log_scale=True, metric="tokens_per_s")
+def k_decode_ratio(ev: Evidence, c: dict) -> list[Measure]:
+    """Decode tokens/s of attention arm ``treatment`` / arm ``control`` (mha, gqa, mqa of workflows/decode.py)
+    at one batch size and context, from the side-by-side decode bench (``ev.tables["decode"]``): the arms
+    ran in turn within each rep, so they pair by rep; geometric-mean ratio with the exponentiated t interval
+    of the mean log ratio (``stats.ratio_ci``). As for the speed checks, only a bench that had the cores to
+    itself is judged: on a CPU, one where other processes (or a VM's hypervisor) took more than
+    ``max_shared`` (default 10%) of the machine's CPU time during the bench is reported and not judged, and
+    so is one that could not tell (no ``other_cpu_share``)."""
+    d = ev.table("decode")
+    B, T = int(c["batch_size"]), int(c["context"])
+    cell = d[(d.batch_size == B) & (d.context == T)]
+    if cell.empty:
+        cells = sorted({(int(b), int(t)) for b, t in zip(d.batch_size, d.context)})
+        raise NotRun(f"the decode table has no batch_size={B}, context={T}; it has (batch, context) {cells}")
+    missing = [a for a in (c["treatment"], c["control"]) if a not in set(cell.arm)]
+    if missing:
+        raise NotRun(f"the decode table has no arm {missing[0]!r}; it has {sorted(set(cell.arm))}")
+    a, b = cell[cell.arm == c["treatment"]], cell[cell.arm == c["control"]]
+    m = Measure(lr_choice="decoding speed does not depend on the LR")
+    _ratio(dict(zip(a.rep, a.tokens_per_s.astype(float))), dict(zip(b.rep, b.tokens_per_s.astype(float))), c, m)
+    threads = sorted({int(x) for x in cell.threads}) if "threads" in cell.columns else []
+    m.notes.append(f"side-by-side decode bench, {m.n} alternating reps at batch {B}, context {T}"
+                   + (f", {threads[0]} torch thread(s)" if len(threads) == 1 else ""))
+    _need(m, "reps", m.n, c["min_seeds"])
+    _device_check(m, c, a, b)
+    devices = {str(x) for x in cell.device.dropna()} if "device" in cell.columns else set()
+    if not (devices and all(GPU_NAME.search(n) for n in devices)):  # a CPU bench: did it have the cores alone?
+        limit = float(c.get("max_shared", DECODE_MAX_SHARED))
+        shared = cell.other_cpu_share.astype(float).max() if "other_cpu_share" in cell.columns else math.nan
+        if not np.isfinite(shared):
+            m.not_judged = "not judged: the decode bench did not record whether other processes shared the CPU"
+        elif shared > limit:
+            m.not_judged = (f"not judged: other processes took {shared:.0%} of the CPU time during the decode bench "
+                            f"(> {limit:.0%}: shared cores; reported, never judged)")
+    params = sorted({int(x) for x in b.params}) if "params" in b.columns else []
+    m.params = human(params[0]) if params else ""
+    return [m]
+
+
 @kind("divergence_or_worse", required={"treatment", "control"}, optional={"worse_by", "lr_min", "lr_max", "expect"},
       unit="fraction")
 def k_divergence_or_worse(ev: Evidence, c: dict) -> list[Measure]:
@@ -371,7 +415,7 @@ def k_probe(ev: Evidence, c: dict) -> list[Measure]:
     missing = sorted(set(c.get("required_depths") or []) - set(depths))
 
     def new(at_depths, **kw):
-        m = Measure(params=params, tokens=tokens, lr_choice="at init (no training)", **kw)
+        m = Measure(params=params, tokens=tokens, lr_choice=_probe_phase(c["metric"]), **kw)
         if missing:
             m.short.append(f"probe ran L={depths}, the claim needs L={sorted(c['required_depths'])}")
         if not c.get("deterministic"):
@@ -409,3 +453,108 @@ def k_probe(ev: Evidence, c: dict) -> list[Measure]:
         _need(m, "seeds", m.n, 1 if c.get("deterministic") else c["min_seeds"])
         return [m]
     return [summarise(rows.value.tolist(), new(depths))]
+
+
+@kind("scale_trend", required={"treatment", "control"}, optional={"fit"}, unit="Δln m / Δln C")
+def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
+    """Does an effect grow or shrink with scale: the slope of the compute multiplier's log against log compute
+    over a ladder's rungs (``workflows.ladder``: variants ``<arm>@<rung>``, each seed at its cross-fitted LR, the
+    baseline's curve refitted in every paired resample of seeds; the union of a jackknife Student-t and a BCa
+    interval). > 0: the treatment gains on the control as compute grows; 0: a constant multiplier."""
+    from .. import ladder as lad
+
+    if ev.runs is None or "rung" not in ev.runs.columns:
+        raise NotRun("the grid has no ladder (config/ladder.yaml trains every variant at every rung)")
+    runs = ev.runs[ev.runs.rung.notna()]
+    arms = {a: runs[runs.variant.str.rsplit(lad.SEP, n=1).str[0] == a] for a in (c["control"], c["treatment"])}
+    for a, r in arms.items():
+        if r.empty:
+            raise NotRun(f"the ladder has no variant {a!r}")
+    rungs = (arms[c["control"]].groupby("rung").apply(lad.planned_compute, include_groups=False)
+             .sort_values().index.tolist())
+    spec = {"baseline": c["control"], "arms": [c["control"], c["treatment"]], "fit": c.get("fit", "loglinear"),
+            "rungs": [{"rung": r} for r in rungs]}
+    both = pd.concat(arms.values())
+    seeds = sorted(set(arms[c["control"]].seed) & set(arms[c["treatment"]].seed))
+    both = both[both.seed.isin(seeds)]
+    cs = lad.cells(both, spec, seeds)
+    base = [cs[(c["control"], r)] for r in rungs if (c["control"], r) in cs]
+    own = [cs[(c["treatment"], r)] for r in rungs if (c["treatment"], r) in cs]
+    tr = lad.trend(own, base, spec["fit"], len(seeds))
+    m = Measure(lr_choice="each seed at its cross-fitted LR per rung (the best LR of the other seeds)")
+    m.effect, m.lo, m.hi, m.n = tr["slope"], tr["slope_low"], tr["slope_high"], len(seeds)
+    m.notes.append(f"{spec['fit']} fit of the control over {len(base)} rungs; slope over rungs {tr['rungs_used'] or '—'}")
+    if tr.get("note"):
+        m.short.append(tr["note"])
+    _need(m, "seeds", len(seeds), c["min_seeds"])
+    _need(m, "rungs with a multiplier", tr["rungs"], 2)
+    m.params, m.tokens = scale_of(*arms.values())
+    return [m]
+
+
+def _probe_phase(metric: str) -> str:
+    return ("after the probe's AdamW steps (claims.probes.train_steps)" if metric.endswith("_trained")
+            else "at init (no training)")
+
+
+@kind("probe_delta", required={"probe", "arm", "control_arm", "metric"}, optional={"depth"})
+def k_probe_delta(ev: Evidence, c: dict) -> list[Measure]:
+    """A probe metric of one arm minus another's, paired by probe seed (every arm of a probe builds its models from
+    the same seeds), over the rows of one depth (``depth``, default: the only one, or the mean per seed over
+    depths); Student-t interval over the paired differences (``stats.paired_delta``)."""
+    tab = ev.probe(c["probe"])
+
+    def per_seed(arm):
+        rows = tab[(tab.arm == arm) & (tab.metric == c["metric"])]
+        if "depth" in c:
+            rows = rows[rows.depth == int(c["depth"])]
+        if rows.empty:
+            raise NotRun(f"probe {c['probe']!r} has no metric {c['metric']!r} for arm {arm!r}"
+                         + (f" at depth {c['depth']}" if "depth" in c else ""))
+        return rows.groupby("seed").value.mean().astype(float).to_dict(), rows
+
+    tv, tr = per_seed(c["arm"])
+    kv, kr = per_seed(c["control_arm"])
+    m = Measure(lr_choice=_probe_phase(c["metric"]))
+    m.effect, m.lo, m.hi, m.n = stats.paired_delta(tv, kv)
+    if m.n == 0:
+        m.notes.append("no shared probe seeds: Welch's t interval")
+    m.not_judged = ev.degenerate_probe(pd.concat([tr, kr]), sorted(set(tr.depth) | set(kr.depth)))
+    _need(m, "seeds", min(len(tv), len(kv)), c["min_seeds"])
+    both = pd.concat([tr, kr])
+    m.params, m.tokens = human(both.params.max()), f"{human(both.tokens.max())}/model"
+    return [m]
+
+
+@kind("profile_share", required={"variant", "op_class", "stat"}, optional={"control"}, unit="ratio")
+def k_profile_share(ev: Evidence, c: dict) -> list[Measure]:
+    """An operator class's share of one training step (``Evidence.table('op_profile')``, workflows.opprofile):
+    stat ``time_over_flops`` — its time share over its FLOP share in ``variant``; ``time_share_ratio`` — its time
+    share in ``variant`` over that in ``control``. One profiled pass per variant has no interval over seeds, so the
+    value is reported and never judged."""
+    tab = ev.table("op_profile")
+    if c["stat"] not in ("time_over_flops", "time_share_ratio"):
+        raise NotRun(f"stat={c['stat']!r}; choose time_over_flops or time_share_ratio")
+
+    def row(v):
+        r = tab[(tab.variant == v) & (tab["class"] == c["op_class"])]
+        if r.empty:
+            raise NotRun(f"the operator profile has no class {c['op_class']!r} for variant {v!r}")
+        return r.iloc[0]
+
+    r = row(c["variant"])
+    m = Measure(lr_choice="one profiled training step (no LR dependence)", n=1)
+    if c["stat"] == "time_over_flops":
+        m.effect = float(r.time_share) / float(r.flop_share) if float(r.flop_share) > 0 else math.inf
+        m.notes.append(f"time {100 * r.time_share:.1f}% vs FLOPs {100 * r.flop_share:.2f}% of the step")
+    else:
+        if "control" not in c:
+            raise NotRun("stat time_share_ratio needs a control variant")
+        k = row(c["control"])
+        m.effect = float(r.time_share) / float(k.time_share) if float(k.time_share) > 0 else math.nan
+        m.notes.append(f"time share {100 * r.time_share:.1f}% vs {100 * k.time_share:.1f}%")
+    m.notes.append(f"device {r.device}, {int(r.threads)} thread(s), {int(r.steps)} profiled steps")
+    m.not_judged = ("not judged: one profiled pass per variant, no interval over seeds or repetitions; the shares "
+                    "are reported (results/op_profile.md)")
+    m.params, m.tokens = human(float(r.params)), f"{human(float(r.tokens_per_step))}/step"
+    return [m]

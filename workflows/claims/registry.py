@@ -166,6 +166,20 @@ def load_registry(path_or_dict) -> dict:
 
 
 def check_variants(c: dict) -> list[str]:
-    if c["kind"] == "probe":
+    """The grid variants a check reads (none for the probes' arms and the decode bench's)."""
+    if c["kind"] in ("probe", "probe_delta", "decode_ratio"):
         return []
+    if c["kind"] == "profile_share":
+        return [c["variant"]] + ([c["control"]] if "control" in c else [])
     return list(c["variants"]) if c["kind"] == "spread" else [c["treatment"], c["control"]]
+
+
+def compares(c: dict) -> str:
+    """What a check compares, in one line of the scorecard."""
+    if c["kind"] == "probe":
+        return f"{c['probe']}:{c['arm']}"
+    if c["kind"] == "probe_delta":
+        return f"{c['probe']}:{c['arm']} vs {c['control_arm']}"
+    if c["kind"] == "decode_ratio":
+        return f"decode:{c['treatment']} vs {c['control']}"
+    return " vs ".join(check_variants(c))

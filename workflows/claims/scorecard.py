@@ -15,7 +15,7 @@ from .. import stats
 from ..io import write_csv, write_text
 from .evidence import Evidence, NotRun
 from .kinds import KINDS
-from .registry import RegistryError, check_variants, load_registry
+from .registry import RegistryError, compares, load_registry
 from .verdict import VERDICTS, combine, fmt, holds_region, judge, power
 
 RULE_TEXT = (
@@ -62,9 +62,7 @@ def evaluate(registry, ev: Evidence) -> pd.DataFrame:
                     "kind": c["kind"], "source": _source(cl["source"]), "quote": cl["source"].get("quote", ""),
                     "published": _published(cl["published"]), "published_effect": c.get("published", math.nan),
                     "confidence": cl.get("confidence", ""), "claim_note": cl.get("note", ""),
-                    "compares": (f"{c['probe']}:{c['arm']}" if c["kind"] == "probe"
-                                 else " vs ".join(check_variants(c)) if c["kind"] == "spread"
-                                 else f"{c['treatment']} vs {c['control']}"),
+                    "compares": compares(c),
                     "metric": c.get("metric", spec.metric), "unit": c["unit"], "rule": text,
                     "rationale": c.get("rationale", ""), "holds_low": a, "holds_high": b}
             try:
@@ -215,6 +213,9 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", help="grid.json (name and compare_lr of the grid)")
     ap.add_argument("--probes", nargs="*", default=[], help="probe tables (results/probes/<name>.parquet)")
     ap.add_argument("--speed", help="side-by-side throughput table (speed.parquet) for the speed checks")
+    ap.add_argument("--table", nargs="*", default=[], metavar="NAME=PATH",
+                    help="other measured tables the checks read by name (e.g. ladder=results/ladder.parquet); a "
+                         "missing file is no table")
     ap.add_argument("--grids", nargs="*", default=["config/config.yaml", "config/paper.yaml"],
                     help="grid configs named in the scorecard for variants this grid lacks")
     ap.add_argument("--csv", required=True)
@@ -225,9 +226,17 @@ def main(argv=None) -> int:
     grid = json.loads(Path(args.grid).read_text()) if args.grid else None
     speed = pd.read_parquet(args.speed) if args.speed and Path(args.speed).exists() else None
     compare_lr = (grid or {}).get("compare_lr")
+    tables = {}
+    for arg in args.table:
+        name, sep, path = arg.partition("=")
+        if not sep or not name:
+            ap.error(f"--table {arg!r}: expected NAME=PATH")
+        if Path(path).exists():
+            tables[name] = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
     try:
         df = evaluate(args.registry, Evidence(runs, load_probes(args.probes), variants_elsewhere(args.grids),
-                                              compare_lr=float(compare_lr) if compare_lr else None, speed=speed))
+                                              compare_lr=float(compare_lr) if compare_lr else None, speed=speed,
+                                              tables=tables))
     except RegistryError as e:
         print(f"error: {args.registry}: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,9 @@ with open(CLAIMS_REGISTRY) as _f:  # the variants of the speed checks whose two 
               for v in (c["treatment"], c["control"])}
 SPEED_VARIANTS = [v for v in GRID.variants if v in _speed]
 SPEED_TABLE = f"{RESULTS}/speed.parquet"
+# other measured tables the checks read by name (workflows.claims --table NAME=PATH), when the config measures them
+CLAIM_TABLES = {**({"decode": f"{RESULTS}/decode.parquet"} if config.get("decode") is not None else {}),
+                **({"op_profile": f"{RESULTS}/op_profile.parquet"} if config.get("profile") else {})}
 
 
 rule speed:
@@ -75,6 +78,7 @@ rule claims:
         registry=CLAIMS_REGISTRY,
         probes=PROBE_FILES,
         speed=SPEED_TABLE,
+        tables=list(CLAIM_TABLES.values()),
     output:
         csv=f"{RESULTS}/claims.csv",
         md=report(f"{RESULTS}/claims.md", caption="../report/claims.rst", category="Claims",
@@ -89,9 +93,11 @@ rule claims:
     params:
         grids=" ".join(shlex.quote(g) for g in CLAIMS_GRIDS),
         seed=_BOOT_SEED,  # shown in the caption
+        tables=" ".join(f"{k}={shlex.quote(v)}" for k, v in CLAIM_TABLES.items()),
     shell:
         "python -m workflows.claims --registry {input.registry} --runs {input.runs} --grid {input.grid}"
-        " --probes {input.probes} --speed {input.speed} --grids {params.grids} --csv {output.csv} --md {output.md}"
+        " --probes {input.probes} --speed {input.speed} --table {params.tables} --grids {params.grids}"
+        " --csv {output.csv} --md {output.md}"
         " --figure {output.png} > {log} 2>&1"
 
 

@@ -41,7 +41,7 @@ PEAK_FLOPS = f"{WORK}/device/peak_flops.json"
 JOB_DIR = f"{RESULTS}/runs/{{variant}}"  # one train job per variant: its runs are JOB_DIR/seed<s>/lr<lr>/
 
 wildcard_constraints:
-    variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    variant=r"[A-Za-z0-9][A-Za-z0-9_.@-]*",  # '@': a ladder's <variant>@<rung>
 
 
 def repo_path(path):

@@ -2,7 +2,7 @@
 # `snakemake --report` with its caption (workflows/report/<name>.rst). One job draws them all.
 # the names of workflows.figures.FIGURES (kept here so parsing the workflow does not import matplotlib)
 FIGURE_NAMES = ["loss_by_variant", "loss_vs_lr", "divergence_heatmap", "throughput", "loss_curves",
-                "activations", "grad_norms", "attn_logits"]
+                "activations", "grad_norms", "attn_logits", "weight_norms"]
 SWEEP_FIGURES = [f"sweep_{name}" for name in GRID.sweeps]  # one per hyperparameter sweep (caption: sweep.rst)
 FIGURE_FILES = [f"{FIGURES}/{name}.{fmt}" for name in FIGURE_NAMES + SWEEP_FIGURES for fmt in ("png", "pdf")]
 
