@@ -485,7 +485,7 @@ def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
     m.effect, m.lo, m.hi, m.n = tr["slope"], tr["slope_low"], tr["slope_high"], len(seeds)
     m.notes.append(f"{spec['fit']} fit of the control over {len(base)} rungs; slope over rungs {tr['rungs_used'] or '—'}")
     if tr.get("note"):
-        m.short.append(tr["note"])
+        m.notes.append(tr["note"])
     _need(m, "seeds", len(seeds), c["min_seeds"])
     _need(m, "rungs with a multiplier", tr["rungs"], 2)
     m.params, m.tokens = scale_of(*arms.values())
