@@ -87,7 +87,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
         return self.attend(self.qkv(x), rec, cache)
 
-    def attend(self, qkv: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
+    def heads(self, qkv: torch.Tensor, start: int = 0):
+        """q (B, n_heads, T, hd), k and v (B, n_kv, T, hd) from the q/k/v projection's output: split into
+        heads, QK-norm, RoPE at positions start … start + T - 1. The one place they are prepared (the probes
+        recompute attention probabilities from it)."""
         B, T, _ = qkv.shape
         q, k, v = qkv.split(self.split_sizes, dim=-1)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
@@ -95,13 +98,17 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope(q, start), self.rope(k, start)
+        return q, k, v
+
+    def attend(self, qkv: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
+        B, T, _ = qkv.shape
         if cache is not None:  # incremental decoding (models/kvcache.py): new tokens at cache.start onwards
-            if self.rope is not None:
-                q, k = self.rope(q, cache.start), self.rope(k, cache.start)
+            q, k, v = self.heads(qkv, cache.start)
             y = self.cached(q, *cache.update(k, v))
             return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
-        if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
+        q, k, v = self.heads(qkv)
         if rec is not None:
             rec["attn_logit_max"] = self.max_logit(q, k)
         p = self.dropout if self.training else 0.0

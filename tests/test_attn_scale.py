@@ -25,16 +25,7 @@ def test_registry_is_the_config_choices_and_bad_value_is_named():
 
 def _heads(attn: A.Attention, x: torch.Tensor):
     """q, k, v exactly as Attention.attend prepares them (split, heads, QK-norm, RoPE)."""
-    B, T, _ = x.shape
-    q, k, v = attn.qkv(x).split(attn.split_sizes, dim=-1)
-    q = q.view(B, T, attn.n_heads, attn.hd).transpose(1, 2)
-    k = k.view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
-    v = v.view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    if attn.rope is not None:
-        q, k = attn.rope(q), attn.rope(k)
-    return q, k, v
+    return attn.heads(attn.qkv(x))
 
 
 def naive(attn: A.Attention, cfg: ModelConfig, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ under the table in ``summary.md``):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from pathlib import Path
@@ -138,6 +139,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
         r = runs[(runs.variant == v) & (runs.lr == best[v])]
         return dict(zip(r.seed, r.final_val_loss.astype(float)))
 
+    @functools.cache
     def compared(v):
         r = runs[runs.variant == v]
         return selection.values_at(r, selection.comparison_lrs(r, mode, compare_lr), "final_val_loss")

@@ -191,6 +191,16 @@ class Probe:
         # batches a pure function of (probe seed, index), distinct from the training runs' streams
         return train_batch(self.train_tokens(), self.settings.batch_size, cfg.context_length, 7919 + seed, i)
 
+    def phases(self, cfg, model, seed):
+        """The trained probes' measurement phases: yields ("init", measured tokens), then trains the model
+        (``train``) and yields ("trained", training tokens); the model is in eval mode while it is measured."""
+        tokens = self.settings.measure_batches * self.settings.batch_size * cfg.context_length
+        for phase in PHASES:
+            if phase == "trained":
+                tokens = self.train(cfg, model, seed)
+            model.eval()
+            yield phase, tokens
+
     def train(self, cfg, model, seed: int) -> int:
         """``train_steps`` AdamW steps on training batches (indices after the measurement batches), as the
         training loop takes them; returns the training tokens seen."""
@@ -409,16 +419,7 @@ PHASES = ("init", "trained")
 def attention_heads(attn, qkv):
     """q, k (RoPE'd) and v of shape (B, heads, T, head_dim) from the output of ``attn``'s q/k/v projection,
     prepared as ``models.attention.Attention.attend`` prepares them (split, heads, QK-norm, RoPE)."""
-    B, T, _ = qkv.shape
-    q, k, v = qkv.split(attn.split_sizes, dim=-1)
-    q = q.view(B, T, attn.n_heads, attn.hd).transpose(1, 2)
-    k = k.view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
-    v = v.view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    if attn.rope is not None:
-        q, k = attn.rope(q), attn.rope(k)
-    return q, k, v
+    return attn.heads(qkv)
 
 
 def attention_probs(attn, q, k):
@@ -479,11 +480,7 @@ def attn_saturation(p: Probe) -> None:
         seen = {}
         hooks = [proj.register_forward_hook(lambda mod, i, o, layer=layer: seen.__setitem__(layer, o.detach()))
                  for layer, _, proj in projs]
-        tokens = s.measure_batches * s.batch_size * cfg.context_length
-        for phase in PHASES:
-            if phase == "trained":
-                tokens = p.train(cfg, model, seed)
-            model.eval()
+        for phase, tokens in p.phases(cfg, model, seed):
             acc = {layer: {} for layer in range(depth)}
             loss_sum = 0.0
             for b in range(s.measure_batches):
@@ -570,11 +567,7 @@ def feature_corr(p: Probe) -> None:
 
         hooks = [m.register_forward_hook(lambda mod, i, o, key=(layer, site): hook(mod, i, o, key))
                  for layer, site, m in norms]
-        tokens = s.measure_batches * s.batch_size * cfg.context_length
-        for phase in PHASES:
-            if phase == "trained":
-                tokens = p.train(cfg, model, seed)
-            model.eval()
+        for phase, tokens in p.phases(cfg, model, seed):
             seen.clear()
             with torch.no_grad():
                 for b in range(s.measure_batches):
