@@ -428,12 +428,22 @@ def train_batch(tokens, batch_size: int, seq_len: int, seed: int, step: int):
     return w[:, :-1], w[:, 1:]
 
 
-def val_windows(tokens: np.ndarray, seq_len: int, n_windows: int):
-    """One fixed set of evenly spaced validation windows, identical for every run."""
+def eval_starts(n_tokens: int, seq_len: int, n_windows: int | None) -> np.ndarray:
+    """Start offsets of the validation windows: ``n_windows`` evenly spaced ones (a curve's small fixed set),
+    or, with ``None``, every non-overlapping window of the split (0, T, 2T, ...): the whole validation split,
+    each token scored once as a target. The n-gram references (``workflows.ngram``) score the same targets."""
+    whole = max(1, (n_tokens - 1) // seq_len)
+    if n_windows is None:
+        return np.arange(whole, dtype=np.int64) * seq_len
+    n_windows = max(1, min(n_windows, whole))
+    return np.linspace(0, n_tokens - seq_len - 1, n_windows).astype(np.int64)
+
+
+def val_windows(tokens: np.ndarray, seq_len: int, n_windows: int | None):
+    """One fixed set of validation windows (``eval_starts``), identical for every run: (inputs, targets)."""
     import torch
 
-    n_windows = max(1, min(n_windows, (len(tokens) - 1) // seq_len))
-    starts = np.linspace(0, len(tokens) - seq_len - 1, n_windows).astype(np.int64)
+    starts = eval_starts(len(tokens), seq_len, n_windows)
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
     w = torch.from_numpy(tokens[idx].astype(np.int64))
     return w[:, :-1], w[:, 1:]
