@@ -242,7 +242,9 @@ def test_peak_flops_is_sustained_and_cached_per_device_and_dtype(tmp_path, monke
     assert rate > 0 and len(calls) == 1 + 3 * 6  # a warm-up, then windows of back-to-back matmuls
     monkeypatch.setattr(torch, "mm", real_mm)
     measured = []
-    monkeypatch.setattr(dev, "measure_peak_flops", lambda d, t: measured.append(t) or 1e9)
+    monkeypatch.setattr(dev, "measure_peak", lambda d, t: measured.append(t) or {
+        "flops": 1e9, "n": 512, "products_per_window": 3, "windows": 5, "products": 20, "seconds": 1.0,
+        "budget_s": 2.0})
     threads = torch.get_num_threads()
     try:
         a = dev.peak_flops(torch.device("cpu"), torch.float32, tmp_path / "peak.json")
@@ -252,7 +254,73 @@ def test_peak_flops_is_sustained_and_cached_per_device_and_dtype(tmp_path, monke
         torch.set_num_threads(threads)
     dev.peak_flops(torch.device("cpu"), torch.bfloat16, tmp_path / "peak.json")
     assert a["key"] == b["key"] and "threads" not in a["key"] and measured == [torch.float32, torch.bfloat16]
-    assert len(json.loads((tmp_path / "peak.json").read_text())) == 2
+    cache = json.loads((tmp_path / "peak.json").read_text())
+    assert len(cache) == 2
+    assert a["flops"] == 1e9 and a["measurement"] == {"n": 512, "products_per_window": 3, "windows": 5,
+                                                       "products": 20, "seconds": 1.0, "budget_s": 2.0}
+
+
+class VirtualClock:
+    """A clock that only a fake matmul advances: 2n³ FLOPs at ``rate`` FLOP/s per product."""
+
+    def __init__(self, rate):
+        self.t, self.rate, self.sizes = 0.0, rate, []
+
+    def __call__(self):
+        return self.t
+
+    def mm(self, a, b, out=None):
+        self.sizes.append(a.shape[0])
+        self.t += 2 * a.shape[0] ** 3 / self.rate
+
+
+@pytest.mark.parametrize("rate, n, per_window", [
+    (1e8, 128, 3),       # a tenth of a GFLOP/s: the smallest size, still 5 windows
+    (6e8, 256, 3),       # bf16 on an AVX2-only EPYC (0.6 GFLOP/s): 27 s a product at n=2048 before
+    (2.3e9, 512, 2),     # bf16 with oneDNN held to AVX2 on an AVX512 machine
+    (1e11, 1024, 3),     # fp32 on one core
+    (1e12, 2048, 3),     # the CPU's largest size
+])
+def test_peak_measurement_stays_within_its_time_budget_whatever_the_speed(rate, n, per_window, monkeypatch):
+    """The budget logic on a virtual clock: nothing here depends on how fast this CPU is."""
+    vc = VirtualClock(rate)
+    monkeypatch.setattr(dev, "clock", vc)
+    monkeypatch.setattr(torch, "mm", vc.mm)
+    m = dev.measure_peak(torch.device("cpu"), torch.bfloat16)
+    assert m["budget_s"] == dev.PEAK_BUDGET_S["cpu"] == 2.0
+    assert m["seconds"] == pytest.approx(vc.t, abs=1e-3) and vc.t <= m["budget_s"]  # the whole measurement
+    assert (m["n"], m["products_per_window"], m["windows"]) == (n, per_window, 5)
+    assert m["products"] == len(vc.sizes) and vc.sizes[-5 * per_window:] == [n] * (5 * per_window)
+    assert m["flops"] == pytest.approx(rate)
+    assert max(vc.sizes) <= dev.PEAK_MAX_N["cpu"]
+
+
+def test_peak_measurement_on_cuda_keeps_the_large_size_within_its_budget(monkeypatch):
+    """An H100-like rate (700 TFLOP/s bf16) keeps n=8192 and 50 products a window (CUDA events on the
+    virtual clock); a slow GPU gets a smaller size, not a longer measurement."""
+    for rate, n, per_window in [(7e14, 8192, 50), (1e12, 4096, 4)]:
+        vc = VirtualClock(rate)
+
+        class Event:
+            def record(self):
+                self.t = vc.t
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, end):
+                return (end.t - self.t) * 1000.0
+
+        monkeypatch.setattr(dev, "clock", vc)
+        monkeypatch.setattr(dev, "new_event", Event)
+        monkeypatch.setattr(torch, "mm", vc.mm)
+        monkeypatch.setattr(torch, "randn", lambda *s, **k: torch.empty(s[0], s[1]))
+        monkeypatch.setattr(torch, "empty", lambda *s, **k: torch.zeros(1).expand(s[0], s[1]))
+        monkeypatch.setattr(torch, "Generator", lambda device=None: type("G", (), {"manual_seed": lambda self, s: self})())
+        m = dev.measure_peak(torch.device("cuda"), torch.bfloat16)
+        monkeypatch.undo()
+        assert (m["n"], m["products_per_window"], m["budget_s"]) == (n, per_window, 4.0)
+        assert vc.t <= m["budget_s"] and m["flops"] == pytest.approx(rate)
 
 
 # ---- 2f + 3. fixed-shape evaluation; compile and bf16 on the CPU; one compile per job --------------

@@ -75,14 +75,16 @@ def time_steps(b: Bench, steps: int, warmup: int) -> list[float]:
 
 
 def peak_rows(device_name: str = "auto", dtypes=("float32", "bfloat16")) -> list[dict]:
-    """The sustained peak matmul rate of this device per dtype, measured now (workflows.device.measure_peak_flops)."""
+    """The sustained peak matmul rate of this device per dtype, measured now within its time budget
+    (workflows.device.measure_peak: the size, products and seconds it took are in each row)."""
     d = dev.resolve_device(device_name)
     rows = []
     for name in dtypes:
         dtype = dev.resolve_dtype(name, d)
+        m = dev.measure_peak(d, dtype)
         rows.append({"device": dev.device_name(d), "dtype": name, "key": dev.peak_key(d, dtype),
-                     "threads": torch.get_num_threads(), "flops": dev.measure_peak_flops(d, dtype),
-                     "method": dev.PEAK_METHOD})
+                     "threads": torch.get_num_threads(), "flops": m.pop("flops"), "method": dev.PEAK_METHOD,
+                     "measurement": m})
     return rows
 
 

@@ -98,49 +98,108 @@ class StepClock:
         return start.elapsed_time(end) / 1000.0
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, iters: int | None = None,
-                       repeats: int = 5, warmup_s: float | None = None) -> float:
-    """Sustained FLOP/s of back-to-back n×n by n×n matmuls (2n³ FLOPs each).
+# the peak measurement's clock (tests substitute a virtual one to prove the time budget on any CPU)
+clock = time.perf_counter
 
-    Warm-up: matmuls for ``warmup_s`` seconds (clocks and caches settle, cuBLAS picks its kernel). Then
-    ``repeats`` windows of ``iters`` back-to-back matmuls, each window timed as a whole on the device
-    (CUDA events around the window, one sync at its end; the host clock on CPU). Returns the median
-    window rate: a sustained rate, not the best single call (a clock burst)."""
-    cuda = device.type == "cuda"
-    n = n or (8192 if cuda else 2048)
-    iters = iters or (50 if cuda else 3)
-    warmup_s = (1.0 if cuda else 0.2) if warmup_s is None else warmup_s
-    g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout) untouched
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    t_end = time.perf_counter() + warmup_s
-    while True:
+PEAK_BUDGET_S = {"cuda": 4.0, "cpu": 2.0}  # whole measurement: warm-up, size probe and timed windows
+PEAK_MAX_N = {"cuda": 8192, "cpu": 2048}  # the largest product (a representative size, as before)
+PEAK_MAX_ITERS = {"cuda": 50, "cpu": 3}  # products per timed window at most
+PROBE_N = 128  # the first, small product: estimates the speed before a size is chosen
+
+
+def _time_products(device: torch.device, a, b, out, count: int) -> float:
+    """Seconds of ``count`` back-to-back products, timed as a whole on the device (CUDA events, one sync
+    at the end; the host clock on CPU)."""
+    if device.type == "cuda":
+        start, end = new_event(), new_event()
+        start.record()
+        for _ in range(count):
+            torch.mm(a, b, out=out)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = clock()
+    for _ in range(count):
         torch.mm(a, b, out=out)
-        synchronize(device)
-        if time.perf_counter() >= t_end:
+    return clock() - t0
+
+
+def measure_peak(device: torch.device, dtype: torch.dtype, budget_s: float | None = None, n: int | None = None,
+                 iters: int | None = None, repeats: int = 5, warmup_s: float | None = None) -> dict:
+    """Sustained FLOP/s of back-to-back n×n by n×n matmuls (2n³ FLOPs each), within a time budget.
+
+    1. Size probe: one product at n = 128, then at doubled sizes while the next one is predicted
+       (8× the last, the cube law) to fit a window, up to 8192 on CUDA and 2048 on CPU. The rate of the last
+       probe product estimates the speed; the size is the largest probed one of which 2 products fit a window.
+    2. Warm-up at that size: products for ``warmup_s`` seconds (1 s CUDA, 0.2 s CPU; at most a fifth of the
+       budget): clocks and caches settle, cuBLAS picks its kernel.
+    3. ``repeats`` windows of ``iters`` back-to-back products each (at most 50 on CUDA, 3 on CPU, fewer when
+       the estimated speed says they would not fit), each window timed as a whole on the device.
+    The whole stays within ``budget_s`` (4 s CUDA, 2 s CPU) up to one product's estimation error: a CPU
+    without native bf16 (30-80× slower than fp32) gets a smaller n, not a minutes-long measurement. An H100
+    keeps n = 8192 and 50 per window (≈ 1.6 ms a product). Returns {"flops": the median window rate (a
+    sustained rate, not the best single call), "n", "products_per_window", "windows", "products" (all timed
+    and untimed products), "seconds" (the whole measurement), "budget_s"}.
+    ``n`` and ``iters`` fix the size and window length (tests); the budget still bounds the warm-up."""
+    cuda = device.type == "cuda"
+    kind = "cuda" if cuda else "cpu"
+    budget_s = PEAK_BUDGET_S[kind] if budget_s is None else budget_s
+    warmup_s = min((1.0 if cuda else 0.2) if warmup_s is None else warmup_s, budget_s / 5)
+    t_begin = clock()
+    g = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout) untouched
+
+    def operands(size):
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+        b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+        return a, b, torch.empty(size, size, device=device, dtype=dtype)
+
+    products = 0
+    if n is None:
+        n_max = PEAK_MAX_N[kind]
+        size = min(PROBE_N, n_max)
+        ops = operands(size)
+        _time_products(device, *ops, 1)  # first call: kernel selection and lazy initialisation
+        products += 1
+        window = (budget_s - warmup_s) / (repeats + 1)  # the probe's share is about one window
+        per = max(_time_products(device, *ops, 1), 1e-9)
+        products += 1
+        while size < n_max:
+            nxt = min(2 * size, n_max)
+            predicted = per * (nxt / size) ** 3  # the cube law
+            if 2 * predicted > window or clock() - t_begin + predicted > window:
+                break
+            size, ops = nxt, operands(nxt)
+            per = max(_time_products(device, *ops, 1), 1e-9)
+            products += 1
+        n, (a, b, out) = size, ops
+    else:
+        a, b, out = operands(n)
+    t_end = clock() + warmup_s
+    while True:
+        per = max(_time_products(device, a, b, out, 1), 1e-9)  # the last one estimates a product's time
+        products += 1
+        if clock() >= t_end:
             break
+    if iters is None:
+        left = max(budget_s - (clock() - t_begin), 0.0)
+        iters = int(min(PEAK_MAX_ITERS[kind], max(1, left / repeats / per)))
     rates = []
     for _ in range(repeats):
-        if cuda:
-            start, end = new_event(), new_event()
-            start.record()
-            for _ in range(iters):
-                torch.mm(a, b, out=out)
-            end.record()
-            end.synchronize()
-            seconds = start.elapsed_time(end) / 1000.0
-        else:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                torch.mm(a, b, out=out)
-            seconds = time.perf_counter() - t0
-        rates.append(2 * n**3 * iters / seconds)
-    return statistics.median(rates)
+        rates.append(2 * n**3 * iters / max(_time_products(device, a, b, out, iters), 1e-12))
+        products += iters
+    return {"flops": statistics.median(rates), "n": n, "products_per_window": iters, "windows": repeats,
+            "products": products, "seconds": round(clock() - t_begin, 4), "budget_s": budget_s}
 
 
-PEAK_METHOD = ("median over 5 windows of back-to-back square matmuls (2n^3 FLOPs each; n=8192, 50 per window "
-               "on CUDA, timed by CUDA events; n=2048, 3 per window on CPU) after a timed warm-up")
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, **kw) -> float:
+    """The sustained FLOP/s of ``measure_peak`` alone."""
+    return measure_peak(device, dtype, **kw)["flops"]
+
+
+PEAK_METHOD = ("median over 5 windows of back-to-back square matmuls (2n^3 FLOPs each) timed as a whole (CUDA "
+               "events on CUDA), after a size probe from n=128 and a timed warm-up, within a time budget (4 s "
+               "CUDA, 2 s CPU); n up to 8192 (CUDA) or 2048 (CPU), up to 50 (CUDA) or 3 (CPU) per window: "
+               "n, products and seconds are recorded beside the rate")
 
 
 def peak_key(device: torch.device, dtype: torch.dtype) -> str:
@@ -160,7 +219,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype, cache_file: str | os.Pa
         except ValueError:
             cache = {}
     if key not in cache:
-        cache[key] = {"flops": measure_peak_flops(device, dtype), "method": PEAK_METHOD,
+        m = measure_peak(device, dtype)
+        cache[key] = {"flops": m.pop("flops"), "method": PEAK_METHOD, "measurement": m,
                       "threads": torch.get_num_threads(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if cache_file and persist:
             write_json(cache_file, cache)
