@@ -100,6 +100,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self.rope(q, start), self.rope(k, start)
+        # one dtype for q, k, v: under CUDA autocast the norms run in fp32, so QK-norm gives fp32 q and k
+        # beside a bf16 v, and flex_attention (not an autocast op; its compiled backward) rejects mixed
+        # dtypes. A no-op when they agree (fp32 runs, CPU autocast).
+        q, k = q.to(v.dtype), k.to(v.dtype)
         return q, k, v
 
     def attend(self, qkv: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:

@@ -3,6 +3,7 @@ step), device-side batch offsets, checkpoints that resume on a GPU, peak memory 
 of a shared GPU, flex soft-capped attention, the sustained peak-FLOP/s benchmark, fixed-shape
 evaluation, the compile + bf16 path, and that a job compiles its model once. CUDA is stubbed where a
 test needs it (nothing here imitates a GPU run's numbers); tests marked ``gpu`` need a real one."""
+import copy
 import json
 import math
 import subprocess
@@ -206,6 +207,76 @@ def test_flex_softcap_attention_equals_explicit(n_kv_heads, monkeypatch):
         explicit = m(x)
         monkeypatch.setattr(A, "FLEX", "on")
         torch.testing.assert_close(m(x), explicit, atol=2e-5, rtol=1e-5)
+
+
+class Fp32Norm(torch.nn.Module):
+    """What CUDA autocast does to a norm: it runs in fp32 and returns fp32, whatever its input's dtype."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x):
+        return self.norm(x.float())
+
+
+@pytest.mark.parametrize("cap", [5.0, None])
+@pytest.mark.parametrize("n_kv_heads", [4, 1])
+def test_qk_norm_under_cuda_autocast_gives_attention_one_dtype(cap, n_kv_heads, monkeypatch):
+    """QK-norm with fp32 norms (CUDA autocast) beside a bf16 v: q and k reach flex_attention (soft-capped)
+    and SDPA (plain) in v's dtype. Before, flex got fp32 q, k and bf16 v (its compiled backward on CUDA
+    rejects that) and SDPA raised at once."""
+    from models import ModelConfig, build
+    from models import attention as A
+
+    if A.flex_attention is None:
+        pytest.skip("no torch.nn.attention.flex_attention in this torch")
+    cfg = ModelConfig(d_model=64, n_layers=1, n_heads=4, n_kv_heads=n_kv_heads, context_length=16, vocab_size=256,
+                      attn_softcap=cap, qk_norm=True, position="rope", dropout=0.0)
+    torch.manual_seed(0)
+    attn = next(m for m in build(cfg).modules() if isinstance(m, A.Attention)).eval()
+    fp32_out = {}
+    qkv32 = torch.randn(2, 16, sum(attn.split_sizes))
+    with torch.no_grad():
+        fp32_out["heads"] = attn.heads(qkv32)
+        fp32_out["y"] = attn.attend(qkv32)
+    reference = attn
+    attn = copy.deepcopy(attn).to(torch.bfloat16)
+    attn.q_norm, attn.k_norm = Fp32Norm(attn.q_norm), Fp32Norm(attn.k_norm)
+    qkv = qkv32.bfloat16()
+    assert attn.q_norm(qkv[..., :16]).dtype == torch.float32  # the mixed case, built directly
+    seen = []
+    real_flex, F_sdpa = A.flex_attention, torch.nn.functional.scaled_dot_product_attention
+
+    def flex(q, k, v, **kw):
+        seen.append(("flex", q.dtype, k.dtype, v.dtype))
+        return real_flex(q, k, v, **kw)
+
+    def sdpa(q, k, v, **kw):
+        seen.append(("sdpa", q.dtype, k.dtype, v.dtype))
+        return F_sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(A, "flex_attention", flex)
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(A, "FLEX", "on")
+    with torch.no_grad():  # CPU flex has no backward: forward only
+        q, k, v = attn.heads(qkv)
+        y = attn.attend(qkv)
+    assert q.dtype == k.dtype == v.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    assert seen == [("flex" if cap else "sdpa",) + (torch.bfloat16,) * 3]
+    torch.testing.assert_close(y.float(), fp32_out["y"], atol=0.05, rtol=0.05)
+    # the fp32 path is untouched: q, k, v as split, normed and rotated, bit for bit
+    monkeypatch.undo()
+    attn = reference
+    B, T = qkv32.shape[:2]
+    q, k, v = qkv32.split(attn.split_sizes, dim=-1)
+    q = attn.rope(attn.q_norm(q.view(B, T, 4, attn.hd).transpose(1, 2)))
+    k = attn.rope(attn.k_norm(k.view(B, T, n_kv_heads, attn.hd).transpose(1, 2)))
+    v = v.view(B, T, n_kv_heads, attn.hd).transpose(1, 2)
+    for a, b in zip(fp32_out["heads"], (q, k, v)):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    with torch.no_grad():
+        assert torch.equal(attn.attend(qkv32), fp32_out["y"])
 
 
 def test_flex_softcap_attention_compiled_by_inductor_equals_explicit(monkeypatch):
