@@ -24,6 +24,7 @@ report: "workflows/report/workflow.rst"
 
 include: "workflows/rules/common.smk"
 include: "workflows/rules/data.smk"
+include: "workflows/rules/pilot.smk"
 include: "workflows/rules/train.smk"
 include: "workflows/rules/aggregate.smk"
 include: "workflows/rules/figures.smk"
@@ -37,6 +38,7 @@ rule all:
     default_target: True
     input:
         TABLES,
+        PILOT_OUTPUTS,
         FIGURE_FILES,
         CLAIM_OUTPUTS,
         LADDER_OUTPUTS,

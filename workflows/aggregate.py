@@ -38,7 +38,7 @@ from models import ModelConfig
 
 from . import selection, stats
 from .data import train_unigram_entropy
-from .flags import (FLAG_RULES, FLAGS, best_lr_at_edge, flag_marks, on_plateau,
+from .flags import (FLAG_RULES, FLAGS, best_lr_at_edge, flag_marks, improving_slope, on_plateau, past_ngram,
                     still_improving)
 from .io import atomic_path, write_csv, write_parquet, write_text
 
@@ -79,7 +79,7 @@ def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict
     row.update({a: cfg["model"].get(a) for a in AXES if a in cfg["model"]})
     row.update(n_kv_heads=mc.kv_heads, attention=mc.attention_kind, head_dim=mc.dim_head, d_ff=mc.ffn_dim)
     row.update({c: cfg["train"][c] for c in TRAIN_COLS})
-    for k in ("final_val_loss", "final_val_bpb", "best_val_loss", "last_val_loss", "init_loss", "diverged",
+    for k in ("final_val_loss", "final_val_bpb", "final_eval_tokens", "best_val_loss", "last_val_loss", "init_loss", "diverged",
               "diverged_step", "diverged_reason", "tokens_per_s", "mfu", "peak_mem_mb", "params",
               "nonembed_params", "flops_per_token", "tokens_seen", "wall_time_s", "peak_flops"):
         row[k] = m.get(k)
@@ -120,20 +120,33 @@ def best_lr_table(runs: pd.DataFrame) -> pd.DataFrame:
                                                              k_div=("diverged", "sum"))
 
 
+def lr_mode(grid: dict) -> str:
+    """How the summary and the claims pick each variant's compared runs: ``assigned`` (an LR-pilot grid),
+    ``shared`` (a pre-registered compare_lr) or ``best`` (cross-fitted)."""
+    if grid.get("lr_protocol") == "pilot":
+        return "assigned"
+    return "shared" if grid.get("compare_lr") else "best"
+
+
 def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = None,
-              unigram_entropy: float | dict = math.nan) -> pd.DataFrame:
+              unigram_entropy: float | dict = math.nan, ngram: dict | None = None,
+              assignment: dict | None = None) -> pd.DataFrame:
     """One row per variant (see the module docstring); ``history`` (long format, with variant/seed/lr) is
     needed for ``still_improving`` and ``unigram_entropy`` (nats/token; or {data_key: nats/token} when
     variants use different token files, e.g. a vocabulary sweep) for ``on_plateau``; without them those
     flags are NaN. The final loss is shown at the variant's in-sample best LR (descriptive); Δ vs the
     baseline is estimated at the grid's pre-registered ``compare_lr`` when it has one, else at each side's
-    cross-fitted best LR (``selection``), never at an LR chosen on the seeds that estimate it."""
+    cross-fitted best LR (``selection``), never at an LR chosen on the seeds that estimate it. On an LR-pilot
+    grid every variant has one LR, the one its pilot seeds chose (``assignment``: lr_assignment.json, whose
+    ``at_edge`` gives ``best_lr_at_edge``), and both the loss and Δ are taken there. ``ngram``: the n-gram
+    references (``workflows.ngram``) for ``not_past_trigram``."""
     baseline = grid["baseline"]
     per_lr = best_lr_table(runs)
     order = [v for v in grid["order"] if v in set(runs.variant)]
     best = {v: selection.best_lr(runs[runs.variant == v]) for v in order}
     compare_lr = grid.get("compare_lr")
-    mode = "shared" if compare_lr else "best"
+    mode = lr_mode(grid)
+    trigram = float(((ngram or {}).get("orders") or {}).get("3", {}).get("nats", math.nan))
 
     def at_best(v):
         r = runs[(runs.variant == v) & (runs.lr == best[v])]
@@ -161,7 +174,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             d, dlo, dhi, npair = 0.0, 0.0, 0.0, len(cmp)
         elif b not in best:
             d, dlo, dhi, npair = math.nan, math.nan, math.nan, 0
-        elif mode == "best":  # the claims' selection-aware interval (selection.crossfit_delta)
+        elif mode == "best":  # the claims' selection-aware interval (selection.crossfit_delta; no LR pilot)
             d, dlo, dhi, npair = selection.crossfit_delta(r, runs[runs.variant == b], "final_val_loss")
         else:
             d, dlo, dhi, npair = stats.paired_delta(cmp, compared(b))
@@ -177,9 +190,15 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             hv = val_hist[(val_hist.variant == v) & np.isclose(val_hist.lr.astype(float), eta, rtol=1e-9, atol=0)]
             at = r[np.isclose(r.lr.astype(float), eta, rtol=1e-9, atol=0)]
             steps = float(at.steps.max()) if "steps" in at.columns else math.nan
-            improving = still_improving(hv[["seed", "step", "value"]], steps, float(r.init_loss.iloc[0]))
+            improving = still_improving(hv[["seed", "step", "value"]], steps)
+            slope = improving_slope(hv[["seed", "step", "value"]], steps)
         else:
-            improving = math.nan
+            improving, slope = math.nan, (math.nan, math.nan, math.nan, 0)
+        if mode == "assigned":  # the pilot's: None (not decidable) for a fixed LR or two candidates
+            at_edge = ((assignment or {}).get("variants") or {}).get(v, {}).get("at_edge")
+            at_edge = math.nan if at_edge is None else bool(at_edge)
+        else:
+            at_edge = best_lr_at_edge(eta, r.lr.unique())
         rows.append({
             "variant": v, "family": grid["variants"][v].get("family", ""), "runs": n,
             "seeds": r.seed.nunique(), "lrs": r.lr.nunique(), "best_lr": best[v],
@@ -188,14 +207,20 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             "delta_at": selection.describe(mode, compare_lr),
             "diverged": k, "divergence_rate": k / n if n else math.nan, "divergence_ci_low": wlo,
             "divergence_ci_high": whi,
-            "lr_sensitivity": stats.lr_sensitivity(dict(zip(lrs.lr, lrs.score)), float(r.init_loss.iloc[0])),
+            "lr_sensitivity": (stats.lr_sensitivity(dict(zip(lrs.lr, lrs.score)), float(r.init_loss.iloc[0]))
+                               if len(lrs) > 1 else math.nan),  # (one LR: no sensitivity to speak of)
             "max_stable_lr": float(stable.index.max()) if len(stable) else math.nan,
             "tokens_per_s": tps, "speed_ratio": tps / base_tps if base_tps else math.nan,
             "mfu": r.mfu.median(), "params": int(r.params.iloc[0]), "nonembed_params": int(r.nonembed_params.iloc[0]),
-            "best_lr_at_edge": best_lr_at_edge(eta, r.lr.unique()),
+            "final_slope": slope[0], "final_slope_ci_low": slope[1], "final_slope_ci_high": slope[2],
+            "trigram_ref": trigram, "final_eval_tokens": int(r.final_eval_tokens.min())
+            if "final_eval_tokens" in r.columns and r.final_eval_tokens.notna().any() else 0,
+            "best_lr_at_edge": at_edge,
             "still_improving": improving,
             "on_plateau": on_plateau(mean, unigram_entropy.get(r.data_key.iloc[0], math.nan)
                                      if isinstance(unigram_entropy, dict) else unigram_entropy),
+            "not_past_trigram": (math.nan if not np.isfinite(trigram) else
+                                 not past_ngram(hi if np.isfinite(hi) else mean, trigram)),
         })
     out = pd.DataFrame(rows)
     if len(out):
@@ -204,7 +229,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
     return out
 
 
-def markdown_summary(s: pd.DataFrame) -> str:
+def markdown_summary(s: pd.DataFrame, lr_label: str = "best LR") -> str:
     def ci(m, lo, hi, f="{:.3f}"):
         if not np.isfinite(m):
             return "—"
@@ -212,12 +237,12 @@ def markdown_summary(s: pd.DataFrame) -> str:
 
     t = pd.DataFrame({
         "variant": [f"{v} {m}" if m else v for v, m in zip(s.variant, (flag_marks(r) for _, r in s.iterrows()))],
-        "best LR": s.best_lr.map("{:g}".format),
+        lr_label: s.best_lr.map("{:g}".format),
         "final loss [95% CI]": [ci(*x) for x in zip(s.final_loss, s.final_loss_ci_low, s.final_loss_ci_high)],
         "Δ vs baseline [95% CI]": [ci(*x, f="{:+.3f}") for x in zip(s.delta_vs_baseline, s.delta_ci_low, s.delta_ci_high)],
         "diverged k/n [Wilson 95%]": [f"{k}/{n} [{lo:.2f}, {hi:.2f}]" for k, n, lo, hi in
                                       zip(s.diverged, s.runs, s.divergence_ci_low, s.divergence_ci_high)],
-        "LR sensitivity": s.lr_sensitivity.map("{:.3f}".format),
+        "LR sensitivity": s.lr_sensitivity.map(lambda x: f"{x:.3f}" if np.isfinite(x) else "—"),
         "tokens/s": s.tokens_per_s.map("{:,.0f}".format),
         "speed vs baseline": s.speed_ratio.map("{:.2f}×".format),
         "params": s.params.map("{:,}".format),
@@ -225,7 +250,7 @@ def markdown_summary(s: pd.DataFrame) -> str:
     return t.to_markdown(index=False)
 
 
-def markdown_notes(unigram: dict | None) -> str:
+def markdown_notes(unigram: dict | None, ngram: dict | None = None) -> str:
     """The legend of the marks and the rule of each flag, for under the table."""
     lines = ["Marks: " + ", ".join(f"{mark} {FLAG_RULES[col].split(':')[0]}" for col, mark in FLAGS.items())
              + " (columns " + ", ".join(f"`{c}`" for c in FLAGS) + " of summary.csv; empty where not decidable).", ""]
@@ -238,11 +263,16 @@ def markdown_notes(unigram: dict | None) -> str:
     else:
         lines.append("\nUnigram entropy of the training split: not given (run with `--data-meta`), so "
                      "`on_plateau` is not decided.")
+    if ngram:
+        refs = ", ".join(f"{o['name']} {o['nats']:.3f}" for _, o in sorted(ngram["orders"].items(), key=lambda x: int(x[0])))
+        lines.append(f"\nN-gram references on the same {ngram['eval_tokens']:,} evaluation tokens (nats/token; "
+                     f"{ngram['method']}): {refs}.")
     return "\n".join(lines)
 
 
 def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None = None,
-              data_meta: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              data_meta: str | Path | None = None, ngram: dict | None = None,
+              assignment: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write the tables; ``unigram``: the training split's unigram entropy
     ({"nats_per_token", "bits_per_byte"}, ``workflows.data.train_unigram_entropy``) for ``on_plateau``.
     When the runs use several token files (e.g. a vocabulary sweep) and ``data_meta`` (WORK/data/KEY/meta.json)
@@ -260,19 +290,26 @@ def aggregate(run_dirs: list[Path], grid: dict, out: Path, unigram: dict | None 
         folders = Path(data_meta).parent.parent
         entropy = {k: (train_unigram_entropy(folders / k / "meta.json")["nats_per_token"]
                        if (folders / k / "meta.json").exists() else math.nan) for k in runs.data_key.unique()}
-    summary = summarise(runs, grid, history, entropy)
+    if assignment is not None:  # an LR-pilot grid: every row is an evaluation run at its assigned LR
+        runs.insert(1, "stage", "eval")
+    summary = summarise(runs, grid, history, entropy, ngram, assignment)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "runs.csv", runs)
     write_parquet(out / "runs.parquet", runs)
     write_parquet(out / "history.parquet", history)
     write_csv(out / "summary.csv", summary)
     delta_at = summary.delta_at.iloc[0] if len(summary) else ""
-    header = ("Final loss per variant at its in-sample best LR (lowest mean capped score over all its seeds, "
-              f"diverged runs counted as ln(vocab); descriptive): mean with a {stats.T_INTERVAL}. Δ vs baseline: "
+    where = ("Final loss per variant at the LR its pilot seeds chose (lr_assignment.json; the evaluation seeds ran "
+             "only there)" if lr_mode(grid) == "assigned" else
+             "Final loss per variant at its in-sample best LR (lowest mean capped score over all its seeds, "
+             "diverged runs counted as ln(vocab); descriptive)")
+    tokens = (f", scored on {int(summary.final_eval_tokens.min()):,} validation tokens"
+              if len(summary) and summary.final_eval_tokens.min() > 0 else "")
+    header = (f"{where}{tokens}: mean with a {stats.T_INTERVAL}. Δ vs baseline: "
               f"{delta_at}, paired by seed, {stats.PAIRED_T_INTERVAL} — not at the in-sample best LR, whose "
               "selection on the same seeds would bias it. Divergence: Wilson 95% score interval over all runs of "
               "the variant.\n\n")
-    write_text(out / "summary.md", header + markdown_summary(summary) + "\n\n" + markdown_notes(unigram) + "\n")
+    write_text(out / "summary.md", header + markdown_summary(summary, "LR (pilot)" if lr_mode(grid) == "assigned" else "best LR") + "\n\n" + markdown_notes(unigram, ngram) + "\n")
     with atomic_path(out / "summary.tex") as tmp:
         tmp.write_text(summary.drop(columns=["family"]).to_latex(index=False, float_format="%.4g"))
     return runs, summary
@@ -285,13 +322,18 @@ def main(argv=None):
                    help="run folders holding metrics.json + history.parquet; VARIANT=RUN_DIR files a run that "
                         "another variant trained (an identical config) under VARIANT as well")
     p.add_argument("--out", default="results")
+    p.add_argument("--ngram", help="n-gram references on the evaluation tokens (workflows.ngram's JSON): the "
+                                   "not_past_trigram flag and the reference lines")
+    p.add_argument("--assignment", help="lr_assignment.json of an LR-pilot grid (workflows.pilot)")
     p.add_argument("--data-meta", help="meta.json of the token files (WORK/data/KEY/meta.json): the training "
                                        "split's unigram entropy for the on_plateau flag (absent: NaN)")
     args = p.parse_args(argv)
     grid = json.loads(Path(args.grid).read_text())
     unigram = train_unigram_entropy(args.data_meta) if args.data_meta else None
     entries = [run_entry(r, grid) for r in args.runs]
-    runs, summary = aggregate(entries, grid, Path(args.out), unigram, args.data_meta)
+    ngram = json.loads(Path(args.ngram).read_text()) if args.ngram else None
+    assignment = json.loads(Path(args.assignment).read_text()) if args.assignment else None
+    runs, summary = aggregate(entries, grid, Path(args.out), unigram, args.data_meta, ngram, assignment)
     bad = runs[runs.status != "ok"]
     print(f"{len(runs)} runs ({len(bad)} diverged) of {runs.variant.nunique()} variants -> {args.out}/")
 

@@ -116,6 +116,7 @@ class Data:
     history: pd.DataFrame
     unigram_entropy: float = math.nan  # nats/token of the training split (NaN: unknown, no line drawn)
     speed: pd.DataFrame | None = None  # side-by-side throughput (speed.parquet), when the grid has it
+    ngram: dict | None = None  # n-gram references on the evaluation tokens (ngram.json, workflows.ngram)
     order: list[str] = field(init=False)
     colors: dict = field(init=False)
 
@@ -199,7 +200,9 @@ def load(results, grid_path, data_meta=None) -> Data:
         h = train_unigram_entropy(data_meta)["nats_per_token"]
     sp = results / "speed.parquet"
     speed = pd.read_parquet(sp) if sp.exists() else None
-    return Data(grid, runs, summary, history, h, speed)
+    ng = results / "ngram.json"
+    ngram = json.loads(ng.read_text()) if ng.exists() else None
+    return Data(grid, runs, summary, history, h, speed, ngram)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,8 +292,27 @@ def _variant_handles(d: Data, variants, extra: dict | None = None):
     return hs, labels
 
 
+NGRAM_LINES = {"2": ("bigram", ":"), "3": ("trigram", "--")}  # n-gram references drawn beside the unigram line
+
+
+def ngram_refs(d: Data) -> list[tuple[str, float, str]]:
+    """(name, nats/token, line style) of the bigram and trigram references on the evaluation tokens, if known."""
+    orders = (d.ngram or {}).get("orders") or {}
+    return [(name, float(orders[k]["nats"]), ls) for k, (name, ls) in NGRAM_LINES.items() if k in orders]
+
+
 def unigram_line(ax, d: Data, orientation: str = "h", label: bool = True):
-    """The training split's unigram entropy as a labelled reference line (nothing if unknown)."""
+    """The training split's unigram entropy as a labelled reference line (nothing if unknown), and the
+    bigram and trigram references scored on the same evaluation tokens as the runs (``ngram.json``)."""
+    for name, x, ls in ngram_refs(d):
+        kw = dict(color=UNIGRAM_COLOR, ls=ls, lw=0.9, zorder=0.5, gid=f"{name}_reference", label="_nolegend_")
+        ax.axhline(x, **kw) if orientation == "h" else ax.axvline(x, **kw)
+        if label:
+            tr = (blended_transform_factory(ax.transAxes, ax.transData) if orientation == "h"
+                  else blended_transform_factory(ax.transData, ax.transAxes))
+            ax.text(*((0.99, x) if orientation == "h" else (x, 0.02)), f"{name} {x:.2f}" + ("" if orientation == "h" else " "),
+                    transform=tr, ha="right", va="bottom", fontsize=7, color=UNIGRAM_COLOR,
+                    rotation=0 if orientation == "h" else 90)
     h = d.unigram_entropy
     if not np.isfinite(h):
         return None
@@ -307,10 +329,12 @@ def unigram_line(ax, d: Data, orientation: str = "h", label: bool = True):
 
 
 def _unigram_key(d: Data) -> list:
+    refs = [Line2D([], [], color=UNIGRAM_COLOR, ls=ls, lw=0.9,
+                   label=f"smoothed {name} on the same evaluation tokens = {x:.2f}") for name, x, ls in ngram_refs(d)]
     if not np.isfinite(d.unigram_entropy):
-        return []
+        return refs
     return [Line2D([], [], color=UNIGRAM_COLOR, ls="-.", lw=1.0,
-                   label=f"unigram entropy of the training split H₁ = {d.unigram_entropy:.2f}")]
+                   label=f"unigram entropy of the training split H₁ = {d.unigram_entropy:.2f}")] + refs
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
@@ -918,6 +942,71 @@ def _power_label(r) -> str:
     return out
 
 
+VERDICT_COLORS = {"holds": "#1a9850", "contradicted": "#d73027", "inconclusive": "#7f7f7f",
+                  "still moving": "#fdae61", "not judged": "#9e6ebd"}
+
+
+def trajectory_figure(df: pd.DataFrame, traj: pd.DataFrame, out_png: Path, out_pdf: Path | None = None,
+                      runs: pd.DataFrame | None = None) -> None:
+    """Verdicts against training time: for every check of the final loss, its effect and 95% CI at each
+    evaluation step (the learning curve's windows) against the check's fixed holds region, each point colored by
+    the verdict it would get there; the last third of training (where a change makes the check "still moving")
+    is shaded; the final verdict (whole validation split) is in the panel title. Written like ``save``
+    (no timestamps)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    checks = [c for c in dict.fromkeys(traj.check)] if len(traj) else []
+    ncol = min(4, max(1, len(checks)))
+    nrow = max(1, math.ceil(len(checks) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow + 0.8), squeeze=False)
+    final = df.drop_duplicates("check").set_index("check") if len(df) else pd.DataFrame()
+    for ax, check in zip(axes.flat, checks):
+        t = traj[traj.check == check].sort_values("step")
+        last = float(t.step.max())
+        ax.axvspan(last * 2 / 3, last, color="0.9", lw=0, zorder=0)
+        r = final.loc[check] if check in final.index else None
+        if r is not None:
+            a, b = r.holds_low, r.holds_high
+            lo_y = np.nanmin(t.ci_low.to_numpy(dtype=float)) if t.ci_low.notna().any() else 0.0
+            hi_y = np.nanmax(t.ci_high.to_numpy(dtype=float)) if t.ci_high.notna().any() else 0.0
+            a = lo_y - 1 if not np.isfinite(a) else a
+            b = hi_y + 1 if not np.isfinite(b) else b
+            ax.axhspan(a, b, color="#1a9850", alpha=0.10, lw=0, zorder=0)
+            ax.axhline(0.0, color="0.4", lw=0.6)
+        ax.fill_between(t.step, t.ci_low.astype(float), t.ci_high.astype(float), color="0.6", alpha=0.3, lw=0)
+        ax.plot(t.step, t.effect.astype(float), color="0.3", lw=1)
+        for v, c in VERDICT_COLORS.items():
+            p = t[t.verdict == v]
+            if len(p):
+                ax.plot(p.step, p.effect.astype(float), "o", color=c, ms=3.5)
+        lo = np.nanmin(np.r_[t.ci_low.to_numpy(dtype=float), 0.0])
+        hi = np.nanmax(np.r_[t.ci_high.to_numpy(dtype=float), 0.0])
+        pad = 0.1 * (hi - lo) or 0.01
+        ax.set_ylim(lo - pad, hi + pad)
+        verdict = r.verdict if r is not None else ""
+        ax.set_title(f"{check}: {str(r.what)[:30] if r is not None else ''}\nfinal: {verdict}", fontsize=7,
+                     color=VERDICT_COLORS.get(verdict, "black"))
+        ax.set_xlabel("step", fontsize=7)
+        ax.set_ylabel(f"effect ({r.unit if r is not None else ''})", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(checks):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=c, marker="o", lw=0, label=v) for v, c in VERDICT_COLORS.items()]
+    handles.append(matplotlib.patches.Patch(color="#1a9850", alpha=0.2, label="'holds' region"))
+    handles.append(matplotlib.patches.Patch(color="0.9", label="last third of training"))
+    fig.legend(handles=handles, fontsize=7, loc="upper right", ncol=4, frameon=False)
+    fig.suptitle("Verdicts against training time: effect [95% CI] of each final-loss check at every evaluation "
+                 "(curve windows)", fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.93))
+    add_subtitle(fig, scale_line(runs, None))
+    for path, fmt in ((out_png, "png"), (out_pdf, "pdf")):
+        if path is None:
+            continue
+        meta = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=meta)
+    plt.close(fig)
+
+
 def claims_figure(df: pd.DataFrame, out_png: Path, out_pdf: Path | None = None, runs: pd.DataFrame | None = None,
            baseline: str | None = None) -> None:
     """Write ``claims_forest`` as PNG (and PDF) atomically."""
@@ -934,8 +1023,7 @@ def claims_forest(df: pd.DataFrame, runs: pd.DataFrame | None = None, baseline: 
     """Forest plot: each check's effect and 95% CI against its 'holds' region, one panel per unit; the
     subtitle states the scale of ``runs`` (``scale.scale_line``: params, tokens per run, seeds, device)."""
     sns.set_theme(style="whitegrid", context="paper")
-    colors = {"holds": "#1a9850", "contradicted": "#d73027", "inconclusive": "#7f7f7f",
-              "not judged": "#9e6ebd"}
+    colors = VERDICT_COLORS
     shown = df[df.verdict != "not run"].copy()
     shown["label"] = [f"{c} {g}".strip() + f"  {w[:48]}" for c, g, w in zip(shown.check, shown.group, shown.what)]
     units = list(dict.fromkeys(shown.unit.replace("", "value")))

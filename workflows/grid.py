@@ -9,6 +9,16 @@ variant's or sweep's own ``seeds``), so ``--config seed_offset=1000`` trains the
 (a replication). The shifted seeds are disjoint from the unshifted ones when the offset exceeds the
 largest seed named; nothing checks that. The runs record the shifted (actual) seed.
 
+LR protocol: with ``lr_pilot: {seeds: [...]}`` a grid chooses every variant's learning rate before its
+evaluation runs, on *pilot seeds* that the estimates never use: each variant with more than one candidate LR
+(its ``lrs``) trains one *pilot run* per (pilot seed, candidate LR) in its pilot job; ``workflows.pilot``
+assigns it the candidate with the lowest mean capped loss over the pilot seeds (ties: the smaller LR); its
+evaluation seeds then train once each, at that LR (the train job reads it from the assignment file, so a run's
+LR is not known when the DAG is built: its folder is ``seed<s>``). A variant with one candidate LR is assigned
+it without pilot runs (an LR fixed in the config beforehand, e.g. a stress LR where a stability trick acts).
+Without ``lr_pilot`` every variant trains every (seed, LR) and the claims compare at ``compare_lr`` or a
+cross-fitted LR, as before.
+
 No run trained twice: two runs whose resolved run configs are identical apart from the variant label
 (model, data, train incl. lr, seed: ``run_key``) are one run. It is trained once, by the first variant in
 grid order that names it (its *owner*, ``Grid.owner``), and shared by every later variant that names it
@@ -87,6 +97,8 @@ class Grid:
             raise ConfigError(f"baseline={grid.baseline!r} is not one of the variants {list(grid.variants)}")
         if len(set(map(lr_label, grid.lrs))) != len(grid.lrs):
             raise ConfigError(f"lrs={grid.lrs} has duplicates")
+        if grid.lr_pilot is not None:
+            grid._check_pilot()
         if grid.compare_lr is not None:
             base_lrs = grid.variant_lrs(grid.baseline)
             if not any(abs(grid.compare_lr - lr) <= 1e-12 * lr for lr in base_lrs):
@@ -102,11 +114,30 @@ class Grid:
         grid._share_runs()
         return grid
 
+    def _check_pilot(self) -> None:
+        """An LR pilot names its seeds, disjoint from every variant's evaluation seeds, and replaces
+        ``compare_lr`` (each variant is compared at its assigned LR)."""
+        pilot = self.lr_pilot
+        if not isinstance(pilot, dict) or set(pilot) - {"seeds", "description"} or not pilot.get("seeds"):
+            raise ConfigError(f"lr_pilot={pilot!r}: a mapping with 'seeds' (a non-empty list of seeds) and an "
+                              "optional 'description'")
+        if self.compare_lr is not None:
+            raise ConfigError("compare_lr and lr_pilot exclude each other: with an LR pilot every variant is "
+                              "compared at the LR its pilot seeds chose; drop compare_lr")
+        for v in self.variants:
+            both = sorted(set(self.pilot_seeds) & set(self.variant_seeds(v)))
+            if both:
+                raise ConfigError(f"lr_pilot.seeds {self.pilot_seeds} share seed(s) {both} with variant {v!r}'s "
+                                  "evaluation seeds: the LR must be chosen on seeds the estimate does not use")
+
     def _share_runs(self) -> None:
         """Assign each (variant, seed, lr) the variant that trains it: the first one (grid order, then
-        seed-major, LR) naming the same run (``run_key``)."""
+        seed-major, LR) naming the same run (``run_key``). With an LR pilot the evaluation runs' LRs are
+        not known yet: every variant trains its own."""
         first: dict[str, tuple[str, int, float]] = {}
         self._owner: dict[tuple[str, int, str], tuple[str, int, float]] = {}
+        if self.lr_pilot is not None:
+            return
         for v in self.variants:
             for s in self.variant_seeds(v):
                 for lr in self.variant_lrs(v):
@@ -127,6 +158,28 @@ class Grid:
         variant at its cross-fitted best LR)."""
         x = self.config.get("compare_lr")
         return None if x is None else float(x)
+
+    @property
+    def lr_pilot(self) -> dict | None:
+        """The LR pilot (``lr_pilot: {seeds}``), or None: every (seed, LR) of every variant is an evaluation run."""
+        return self.config.get("lr_pilot")
+
+    @property
+    def pilot_seeds(self) -> list[int]:
+        """The LR pilot's seeds, ``seed_offset`` added (empty without a pilot)."""
+        return [int(s) + self.seed_offset for s in (self.lr_pilot or {}).get("seeds") or []]
+
+    def pilot_job_runs(self, v: str) -> list[dict]:
+        """The run configs of variant ``v``'s pilot job: every (pilot seed, candidate LR); none without a pilot
+        or when ``v`` has a single candidate LR (assigned as fixed)."""
+        lrs = self.variant_lrs(v)
+        if self.lr_pilot is None or len(lrs) < 2:
+            return []
+        return [self.run_dict(v, s, lr) for s in self.pilot_seeds for lr in lrs]
+
+    def pilot_variants(self) -> list[str]:
+        """The variants with a pilot job, in grid order."""
+        return [v for v in self.variants if self.pilot_job_runs(v)]
 
     @property
     def seed_offset(self) -> int:
@@ -159,13 +212,18 @@ class Grid:
     def run_config(self, variant: str, seed: int, lr: float) -> RunConfig:
         return RunConfig.from_dict(self.run_dict(variant, seed, lr))
 
-    def variant_runs(self, variant: str) -> list[tuple[int, float]]:
-        """Every (seed, lr) variant ``variant`` names (seed-major, then LR), its aliases included."""
+    def variant_runs(self, variant: str) -> list[tuple[int, float | None]]:
+        """Every (seed, lr) variant ``variant`` names (seed-major, then LR), its aliases included; with an LR
+        pilot one (seed, None) per evaluation seed (its LR is assigned by the pilot)."""
+        if self.lr_pilot is not None:
+            return [(s, None) for s in self.variant_seeds(variant)]
         return [(s, lr) for s in self.variant_seeds(variant) for lr in self.variant_lrs(variant)]
 
     def owner(self, variant: str, seed: int, lr: float) -> tuple[str, int, float]:
         """(variant, seed, lr) of the run that stands for ``variant``'s run (seed, lr): itself, or the
         identical run of the first variant in grid order that names it (then ``variant``'s is an alias)."""
+        if self.lr_pilot is not None:
+            return variant, int(seed), lr
         if not hasattr(self, "_owner"):
             self._share_runs()
         return self._owner[(variant, int(seed), lr_label(float(lr)))]
@@ -175,11 +233,12 @@ class Grid:
 
     def job_runs(self, variant: str) -> list[dict]:
         """The run configs of variant ``variant``'s train job (seed-major, then LR): its own runs, not its
-        aliases (``owner``). One process trains them all, so a CPU grid pays the interpreter start once
+        aliases (``owner``). With an LR pilot: one per evaluation seed, its ``train.lr`` the first candidate as
+        a placeholder that the train job replaces by the assigned LR (``workflows.train --assigned-lrs``). One process trains them all, so a CPU grid pays the interpreter start once
         per variant and a GPU grid compiles once. Empty for a variant whose runs all are aliases: it has
         no train job."""
-        return [self.run_dict(variant, s, lr) for s, lr in self.variant_runs(variant)
-                if not self.is_alias(variant, s, lr)]
+        return [self.run_dict(variant, s, self.variant_lrs(variant)[0] if lr is None else lr)
+                for s, lr in self.variant_runs(variant) if not self.is_alias(variant, s, lr)]
 
     def trained_variants(self) -> list[str]:
         """The variants with a train job (at least one run of their own), in grid order."""
@@ -196,7 +255,8 @@ class Grid:
                     shared.append({"variant": v, "seed": s, "lr": lr, "trained_by": o[0]})
         named = sum(len(self.variant_runs(v)) for v in self.variants)
         return {"named": named, "trained": named - len(shared), "aliases": len(shared), "shared": shared,
-                "alias_only": [v for v in self.variants if not self.job_runs(v)]}
+                "alias_only": [v for v in self.variants if not self.job_runs(v)],
+                "pilot": sum(len(self.pilot_job_runs(v)) for v in self.variants)}
 
     def dedup_line(self) -> str:
         """One line for the Snakefile's start-up: runs named, trained, shared."""
@@ -210,19 +270,24 @@ class Grid:
             line += " (" + ", ".join(f"{v}<-{o}" for v, o in by.items()) + ")"
         if d["alias_only"]:
             line += f"; {len(d['alias_only'])} variant(s) without a train job"
+        if self.lr_pilot is not None:
+            line += (f"; + {d['pilot']} LR-pilot runs on seeds {self.pilot_seeds} "
+                     f"({len(self.pilot_variants())} variants; the others have one LR)")
         if self.seed_offset:
             line += f"; seed_offset {self.seed_offset}"
         return line
 
     def job_steps(self, variant: str) -> int:
         """Training steps of a variant's job: its scheduling priority (longest first balances the cores)."""
-        return sum(RunConfig.from_dict(d).train.steps for d in self.job_runs(variant))
+        return sum(RunConfig.from_dict(d).train.steps for d in self.job_runs(variant) + self.pilot_job_runs(variant))
 
     def summary(self) -> dict:
         """What aggregate/figures/claims need: order, baseline, families, seeds, LRs, base configs."""
         return {
             "name": self.config.get("name", ""), "baseline": self.baseline, "order": list(self.variants),
             "seeds": self.seeds, "seed_offset": self.seed_offset, "lrs": self.lrs, "compare_lr": self.compare_lr,
+            "lr_protocol": "pilot" if self.lr_pilot is not None else ("shared" if self.compare_lr is not None else "crossfit"),
+            "pilot_seeds": self.pilot_seeds,
             "variants": {v: {"family": (s or {}).get("family", "other"), "description": (s or {}).get("description", ""),
                              **{k: s[k] for k in ("rung", "arm", "baseline") if k in (s or {})},
                              "model": (s or {}).get("model", {}), "train": (s or {}).get("train", {}),

@@ -130,6 +130,7 @@ class Recorder:
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         self.pending_ticks: list = []  # device-event ticks of timed steps, not yet read
         self.segment_start = time.time()
+        self.final_score: dict | None = None  # final_eval: {"loss", "tokens"} of the final score
 
     @property
     def tag(self) -> str:
@@ -209,6 +210,10 @@ class Recorder:
         self.state.diverged = {"step": step, "reason": reason}
 
     # ---- evaluation and per-layer statistics ------------------------------------------------------
+    def final_eval(self, loss: float, tokens: int) -> None:
+        """The run's final score: its loss on the final evaluation set (by default the whole validation split)."""
+        self.final_score = {"loss": loss, "tokens": tokens}
+
     def val(self, step: int, loss: float) -> str | None:
         """Record a validation loss; the divergence reason if it is non-finite, else None."""
         self.record(step, "val", "loss", loss)
@@ -248,7 +253,9 @@ class Recorder:
     def metrics(self, model, device, dtype, compiled: bool, peak: dict, data, extra: dict | None = None) -> dict:
         cfg, tc, st = self.cfg, self.tc, self.state.to_dict()
         vals = [h for h in st["history"] if h[1] == "val" and h[2] == "loss"]
-        final = vals[-1][5] if vals else float("nan")
+        last = vals[-1][5] if vals else float("nan")  # the learning curve's last point (its small window set)
+        score = self.final_score or {"loss": float("nan"), "tokens": 0}
+        final = score["loss"]
         diverged = st["diverged"] is not None
         tps = st["timed_tokens"] / st["timed_seconds"] if st["timed_seconds"] > 0 else float("nan")
         fpt = flops_per_token(cfg.model, cfg.model.context_length)
@@ -258,7 +265,8 @@ class Recorder:
             "status": "diverged" if diverged else "ok",
             "final_val_loss": float("nan") if diverged else final,
             "final_val_bpb": float("nan") if diverged else self.bpb(final),
-            "last_val_loss": final,
+            "last_val_loss": last,
+            "final_eval_tokens": score["tokens"],
             "best_val_loss": st["best_val"], "best_val_bpb": self.bpb(st["best_val"]),
             "init_loss": self.init_loss,
             "diverged": diverged,

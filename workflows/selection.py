@@ -12,8 +12,10 @@ tables (``aggregate``), the figures and the claims scorecard.
   fold. The maximum of k noisy means is optimistic by about one standard error with 3-5 near-tied LRs (van
   Hasselt 2013; Cawley & Talbot 2010), so choosing and estimating on the same seeds biases an effect toward
   whichever arm has more LRs; cross-fitting removes that bias.
-- ``comparison_lrs``: seed → LR for a variant under a comparison mode — ``shared`` (the grid's pre-registered
-  ``compare_lr``, the same for every variant, fixed before the runs), ``best`` (cross-fitted), or ``each``.
+- ``comparison_lrs``: seed → LR for a variant under a comparison mode — ``assigned`` (an LR-pilot grid: the
+  one LR its pilot seeds chose, ``workflows.pilot``; the evaluation runs have no other), ``shared`` (the grid's
+  pre-registered ``compare_lr``, the same for every variant, fixed before the runs), ``best`` (cross-fitted),
+  or ``each``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-MODES = ("shared", "best", "each")
+MODES = ("shared", "best", "each", "assigned")
 
 
 def capped_score(runs: pd.DataFrame) -> pd.Series:
@@ -71,6 +73,14 @@ def comparison_lrs(runs: pd.DataFrame, mode: str, shared_lr: float | None = None
         raise ValueError(f"at={mode!r}; choose one of {list(MODES)}")
     if mode == "each":
         return {(int(s), float(lr)): float(lr) for s, lr in zip(runs.seed, runs.lr)}
+    if mode == "assigned":
+        out = {}
+        for s, lr in zip(runs.seed, runs.lr):
+            if int(s) in out and out[int(s)] != float(lr):
+                raise ValueError(f"at: assigned needs one LR per seed; seed {int(s)} of "
+                                 f"{runs.variant.iloc[0]!r} ran {out[int(s)]:g} and {float(lr):g}")
+            out[int(s)] = float(lr)
+        return dict(sorted(out.items()))
     if mode == "best":
         return crossfit_lrs(runs)
     if shared_lr is None or not np.isfinite(shared_lr):
@@ -93,6 +103,8 @@ def values_at(runs: pd.DataFrame, lrs: dict, column: str) -> dict:
 
 def describe(mode: str, shared_lr: float | None = None) -> str:
     """How a comparison chose its LR, for tables, captions and the scorecard."""
+    if mode == "assigned":
+        return "at each variant's LR chosen by its pilot seeds (disjoint from the evaluation seeds)"
     if mode == "shared":
         return f"at the grid's pre-registered shared LR {shared_lr:g}" if shared_lr else "at a shared LR"
     if mode == "best":

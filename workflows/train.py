@@ -2,6 +2,7 @@
 
     python -m workflows.train --config RUN.yaml --out DIR [--threads N] [--work work]
     python -m workflows.train --json '[RUN, RUN, ...]' --out DIR DIR ... # what a pipeline job calls
+    python -m workflows.train --json ... --out ... --assigned-lrs lr_assignment.json  # an LR-pilot grid's evaluation job
 
 A run config has five keys: ``variant`` (a label), ``seed``, ``model`` (a ``models.ModelConfig``),
 ``data`` (a ``workflows.data.DataConfig``) and ``train`` (``TrainConfig`` below). Unknown keys or
@@ -47,7 +48,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -86,7 +87,8 @@ class TrainConfig:
     z_loss: float = 0.0
     log_every: int = 10
     eval_every: int = 100
-    eval_windows: int = 64
+    eval_windows: int = 64  # the learning curve's fixed windows (evaluated every eval_every steps)
+    final_eval_windows: int | None = None  # the final score's windows; None: the whole validation split
     stats_every: int = 50  # per-layer statistics; 0 = off
     checkpoint_every: int = 100  # 0 = off
     divergence_margin: float = 0.1  # nats above ln(vocab)
@@ -126,6 +128,9 @@ class TrainConfig:
             raise ConfigError(f"train.compile={self.compile!r}; choose one of ['auto', 'on', 'off']")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device={self.device!r}; choose one of ['auto', 'cpu', 'cuda', 'cuda:N']")
+        if self.final_eval_windows is not None and self.final_eval_windows < 1:
+            raise ConfigError(f"train.final_eval_windows={self.final_eval_windows} must be a positive integer or "
+                              "null (every window of the validation split)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"train.threads={self.threads} must be a positive integer or null")
 
@@ -288,15 +293,17 @@ class Job:
         x, y = train_batch(self.train_tokens, cfg.train.batch_size, cfg.model.context_length, cfg.seed, step)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def eval_batches(self, cfg: RunConfig) -> dict:
-        """The validation windows of ``cfg`` in batches, cached by what defines them: context length, number
-        of windows, batch size and whether the shape is fixed. A compiled job pads the last batch to the
+    def eval_batches(self, cfg: RunConfig, final: bool = False) -> dict:
+        """The validation windows of ``cfg`` in batches (the curve's ``eval_windows``, or with ``final`` the
+        final score's ``final_eval_windows``: by default every window of the split), cached by what defines
+        them: context length, number of windows, batch size and whether the shape is fixed. A compiled job pads the last batch to the
         full batch size (padding windows have ignored targets), so every evaluation batch has one shape and
         the graph stays static; an eager job evaluates the short last batch as it is."""
         B, fixed = cfg.train.batch_size, self.compiled
-        key = (cfg.model.context_length, cfg.train.eval_windows, B, fixed)
+        n = cfg.train.final_eval_windows if final else cfg.train.eval_windows
+        key = (cfg.model.context_length, n, B, fixed)
         if key not in self.val_cache:
-            vx, vy = val_windows(self.data.val, cfg.model.context_length, cfg.train.eval_windows)
+            vx, vy = val_windows(self.data.val, cfg.model.context_length, n)
             batches, padded, targets = [], 0, 0
             for i in range(0, len(vx), B):
                 x, y = vx[i:i + B], vy[i:i + B]
@@ -309,15 +316,16 @@ class Job:
                 targets += int((y != IGNORE_INDEX).sum())
                 batches.append((x.to(self.device), y.to(self.device)))
             self.val_cache[key] = {"batches": batches, "targets": targets, "record": {
-                "windows": len(vx), "batch_size": B, "batches": len(batches), "padded_windows": padded,
+                "windows": len(vx), "tokens": targets, "batch_size": B, "batches": len(batches), "padded_windows": padded,
                 "fixed_shape": fixed or len(vx) % B == 0}}
         return self.val_cache[key]
 
     @torch.no_grad()
-    def evaluate(self, cfg: RunConfig) -> float:
-        """Mean validation loss (nats/token) over the fixed validation windows (one host read-out)."""
+    def evaluate(self, cfg: RunConfig, final: bool = False) -> float:
+        """Mean validation loss (nats/token) over the learning curve's fixed windows, or with ``final`` over
+        the final score's (``eval_batches``); one host read-out."""
         self.model.eval()
-        ev, sums = self.eval_batches(cfg), []
+        ev, sums = self.eval_batches(cfg, final), []
         for x, y in ev["batches"]:
             with self.autocast():
                 logits = self.fwd(x)
@@ -438,9 +446,14 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     if diverged is not None:
         rec.diverge(max(step - 1, 0), diverged)
         print(f"{rec.tag} diverged: {diverged}", flush=True)
+    else:  # the final score: the whole validation split (or train.final_eval_windows), not the curve's windows
+        final = job.eval_batches(cfg, final=True)["record"]
+        rec.final_eval(job.evaluate(cfg, final=True), final["tokens"])
+        print(f"{rec.tag} final val {rec.final_score['loss']:.4f} on {final['tokens']} tokens", flush=True)
     rec.close_segment()
     backend = getattr(COMPILE_BACKEND, "__name__", str(COMPILE_BACKEND)) if job.compiled else None
-    extra = {"eval_batches": job.eval_batches(cfg)["record"], "compile_backend": backend,
+    extra = {"eval_batches": job.eval_batches(cfg)["record"], "final_eval_batches": job.eval_batches(cfg, True)["record"],
+             "compile_backend": backend,
              "gpu_mem_fraction": job.mem_fraction}
     metrics = rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data, extra)
     if custom_modules := custom.report(cfg.model):  # parity of the user's modules vs the built-ins they replace
@@ -520,6 +533,19 @@ def train(cfg: RunConfig, out: str | os.PathLike, work: str | os.PathLike = "wor
     return run_job([cfg], [out], work, threads, peak_file)[0]
 
 
+def assign_lrs(cfgs: list[RunConfig], assignment: dict) -> list[RunConfig]:
+    """``cfgs`` with each run's train.lr replaced by the LR the pilot assigned to its variant
+    (``assignment["variants"][variant]["lr"]``, written by ``workflows.pilot``)."""
+    out = []
+    for cfg in cfgs:
+        a = (assignment.get("variants") or {}).get(cfg.variant)
+        if a is None or not isinstance(a.get("lr"), (int, float)) or not a["lr"] > 0:
+            raise ConfigError(f"the LR assignment has no LR for variant {cfg.variant!r}; it assigns "
+                              f"{sorted((assignment.get('variants') or {}))}")
+        out.append(replace(cfg, train=replace(cfg.train, lr=float(a["lr"]))))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -531,6 +557,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (train.threads overrides)")
     p.add_argument("--gpu-mem-mb", type=float, help="this job's GPU memory budget in MB (the train rule's "
                    "resources.gpu_mem_mb; default $ARCHBENCH_GPU_MEM_MB): caps its share of a shared GPU")
+    p.add_argument("--assigned-lrs", help="an LR pilot's assignment (workflows.pilot): train every run at the LR "
+                   "assigned to its variant instead of its train.lr")
     p.add_argument("--peak-flops", help="read-only JSON cache of measured peak FLOP/s (default: WORK/device/peak_flops.json, updated)")
     args = p.parse_args(argv)
     try:
@@ -539,6 +567,8 @@ def main(argv=None) -> int:
         cfgs = [RunConfig.from_dict(d) for d in raw]
         if len(cfgs) != len(args.out):
             raise ConfigError(f"{len(cfgs)} run config(s) but {len(args.out)} --out folder(s)")
+        if args.assigned_lrs:
+            cfgs = assign_lrs(cfgs, json.loads(Path(args.assigned_lrs).read_text()))
     except (ConfigError, DataError, OSError, ValueError) as e:
         print(f"error: {args.config or '--json'}: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .. import selection
+from .. import selection, stats
 
 # Degeneracy floors (stated in config/claims.yaml's header): an arm below them carries no verdict.
 FLOORS = {
@@ -33,6 +33,8 @@ class Evidence:
     speed: pd.DataFrame | None = None  # side-by-side throughput (variant, rep, tokens_per_s, device)
     floors: dict = field(default_factory=lambda: dict(FLOORS))
     tables: dict = field(default_factory=dict)  # other measured tables by name (``--table NAME=PATH``): ladder, decode...
+    lr_protocol: str = ""  # grid.json's: "pilot" (each variant at its assigned LR), "shared", "crossfit"
+    ngram: dict | None = None  # n-gram references on the evaluation tokens (workflows.ngram): the trigram guard
 
     def table(self, name: str) -> pd.DataFrame:
         """Measured table ``name`` (e.g. the ladder's or the decode bench's); NotRun when this run has none."""
@@ -71,6 +73,8 @@ class Evidence:
         chosen. ``at: shared`` on a grid without a ``compare_lr`` falls back to the cross-fitted best LR
         (and says so)."""
         mode = c.get("at", "shared")
+        if self.lr_protocol == "pilot" and mode in ("shared", "best"):  # one LR per variant: its pilot's choice
+            return selection.comparison_lrs(runs, "assigned"), selection.describe("assigned")
         if mode == "shared" and self.compare_lr is None:
             mode = "best"
             how = "no compare_lr in this grid: " + selection.describe("best")
@@ -92,7 +96,36 @@ class Evidence:
         if at_init and len(at_init) == len(loss):
             return (f"degenerate: every compared run of {runs.variant.iloc[0]!r} ended within {tol:g} nats of ℓ0 "
                     f"(it learned nothing)")
+        trigram = float(((self.ngram or {}).get("orders") or {}).get("3", {}).get("nats", math.nan))
+        finite = [x for x in loss.values() if np.isfinite(x)]
+        if np.isfinite(trigram) and finite:
+            _, _, hi = stats.mean_ci(finite) if len(finite) > 1 else (None, None, finite[0])
+            if not hi < trigram:
+                return (f"not past n-gram statistics: {runs.variant.iloc[0]!r} ends at {np.mean(finite):.3f} nats "
+                        f"(95% upper bound {hi:.3f}), not below the smoothed trigram's {trigram:.3f} on the same tokens")
         return ""
+
+    def engagement(self, c: dict, t: pd.DataFrame, k: pd.DataFrame, lts: tuple) -> tuple[str, str]:
+        """(what was measured, not-judged reason or ''): whether the check's mechanism acted on the compared
+        runs (``engaged`` in the registry: a run metric of one arm, reduced by the max over its compared runs,
+        above or below a fixed bound). A stability trick that never acted "costs nothing" by construction."""
+        e = c.get("engaged")
+        if not e:
+            return "", ""
+        runs, lrs = (t, lts[0]) if e["arm"] == "treatment" else (k, lts[1])
+        if e["metric"] not in runs.columns:
+            return "", f"not judged: runs.parquet has no {e['metric']!r} to show that the mechanism acted"
+        vals = [abs(x) if e.get("transform") == "abs" else x
+                for x in selection.values_at(runs, lrs, e["metric"]).values()]
+        vals = [x for x in vals if np.isfinite(x)]
+        if not vals:
+            return "", f"not judged: no finite {e['metric']} to show that the mechanism acted"
+        top = max(vals) if "above" in e else min(vals)
+        bound, ok = (e["above"], top > e["above"]) if "above" in e else (e["below"], top < e["below"])
+        desc = "max" if "above" in e else "min"
+        seen = (f"engagement: {desc} {e['metric']} of {runs.variant.iloc[0]} = {top:.3g} "
+                f"({'>' if 'above' in e else '<'} {bound:g} needed: {e.get('what', 'the mechanism acts')})")
+        return seen, "" if ok else f"not judged: the mechanism never acted ({seen})"
 
     def degenerate_probe(self, tab: pd.DataFrame, depths) -> str:
         """A reason when a probe arm's per-layer gradients or activations fell below their floor at one of

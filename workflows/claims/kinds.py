@@ -23,7 +23,7 @@ from ..scale import human, scale_of
 from .evidence import Evidence, NotRun
 from .verdict import Measure
 
-PAIRED = {"at", "lr_min", "lr_max", "expect", "device"}
+PAIRED = {"at", "lr_min", "lr_max", "expect", "device"}  # (+ primary and engaged: every kind, registry.COMMON_KEYS)
 GPU_NAME = re.compile(r"NVIDIA|Tesla|GeForce|Quadro|RTX|Radeon|Instinct|\bH100\b|\bH200\b|\bA100\b", re.I)
 
 
@@ -100,7 +100,8 @@ def k_metric_delta(ev: Evidence, c: dict) -> list[Measure]:
     ``selection.crossfit_delta``)."""
     metric = c.get("metric", "final_val_loss")
     t, k, tv, kv, how, degenerate, lts = _paired_values(ev, c, metric)
-    m = Measure(lr_choice=how, not_judged=degenerate)
+    engaged, idle = ev.engagement(c, t, k, lts)
+    m = Measure(lr_choice=how, not_judged=degenerate or idle, engagement=engaged)
     if "cross-fitted" in how:
         d, lo, hi, npair = selection.crossfit_delta(t, k, metric)
         m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
@@ -151,7 +152,9 @@ def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
     metric = c["metric"]
     t, k, tv, kv, how, degenerate, lts = _paired_values(ev, c, metric, c.get("transform"),
                                                         c.get("where") == "diverged")
-    m = Measure(lr_choice=how, not_judged="" if c.get("deterministic") else degenerate)
+    engaged, idle = ev.engagement(c, t, k, lts)
+    m = Measure(lr_choice=how, not_judged="" if c.get("deterministic") else (degenerate or idle),
+                engagement=engaged)
     _ratio(tv, kv, c, m)
     if "cross-fitted" in how and not c.get("deterministic") and c.get("where") != "diverged":
         e, lo, hi, m.n = selection.crossfit_delta(t, k, metric, log=True, transform=c.get("transform"))
@@ -268,16 +271,25 @@ def k_divergence_or_worse(ev: Evidence, c: dict) -> list[Measure]:
 @kind("divergence_delta", required={"treatment", "control"}, optional={"lr_min", "lr_max", "expect"},
       unit="fraction")
 def k_divergence_delta(ev: Evidence, c: dict) -> list[Measure]:
-    """Divergence rate treatment − control over all runs; Newcombe's interval from the two Wilson intervals."""
+    """Divergence rate treatment − control over the LRs both arms ran (a matched range: an arm run at more or
+    higher LRs is not compared on them), clustered by seed: per seed, the share of its runs at those LRs that
+    diverged, paired by seed, with a Student-t interval over the seeds (the runs of one seed share its data
+    order and init, so they are not independent trials). Not judged when no run of either arm diverged there:
+    0 vs 0 cannot tell the arms apart, and its interval would "hold" any band by design."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
+    lrs = sorted(set(map(float, t.lr)) & set(map(float, k.lr)))
+    t, k = t[t.lr.astype(float).isin(lrs)], k[k.lr.astype(float).isin(lrs)]
+    m = Measure(lr_choice=f"the LRs both arms ran: {', '.join(f'{x:g}' for x in lrs) or 'none'}")
+    if not lrs:
+        raise NotRun(f"{c['treatment']!r} and {c['control']!r} share no LR")
+    tv = {int(s): float(g.diverged.astype(float).mean()) for s, g in t.groupby("seed")}
+    kv = {int(s): float(g.diverged.astype(float).mean()) for s, g in k.groupby("seed")}
+    m.effect, m.lo, m.hi, m.n = stats.paired_delta(tv, kv)
     k1, n1, k2, n2 = int(t.diverged.sum()), len(t), int(k.diverged.sum()), len(k)
-    p1, p2 = k1 / n1, k2 / n2
-    (l1, u1), (l2, u2) = stats.wilson(k1, n1), stats.wilson(k2, n2)
-    d = p1 - p2  # Newcombe's hybrid score interval from the two Wilson intervals
-    m = Measure(effect=d, lo=d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
-                hi=d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2), n=min(t.seed.nunique(), k.seed.nunique()),
-                lr_choice="all runs")
-    m.notes.append(f"{k1}/{n1} vs {k2}/{n2} runs diverged")
+    m.notes.append(f"{k1}/{n1} vs {k2}/{n2} runs diverged; seed-clustered")
+    if k1 + k2 == 0:
+        m.not_judged = (f"not judged: no run of either arm diverged at the matched LRs ({k1}/{n1} vs {k2}/{n2}): "
+                        "the check cannot tell the arms apart")
     _need(m, "seeds", m.n, c["min_seeds"])
     m.params, m.tokens = scale_of(t, k)
     return [m]

@@ -16,7 +16,8 @@ from ..selection import MODES
 from .verdict import DIRECTIONS, holds_region
 
 COMMON_KEYS = {"id", "what", "kind", "interval", "direction", "threshold", "margin", "rationale", "published",
-               "min_seeds", "min_lrs", "unit", "deterministic", "note"}
+               "min_seeds", "min_lrs", "unit", "deterministic", "note", "primary", "engaged"}
+ENGAGED_KEYS = {"metric", "arm", "transform", "above", "below", "what"}
 NOISE_SCALED = ("sigmas", "sigma", "sd", "std", "se")
 
 
@@ -109,6 +110,17 @@ def validate_check(c: dict, where: str, defaults: dict) -> dict:
         raise RegistryError(f"{where}: where={c['where']!r}; only 'diverged' is supported")
     if c.get("transform") not in (None, "abs"):
         raise RegistryError(f"{where}: transform={c['transform']!r}; only 'abs' is supported")
+    if not isinstance(c.get("primary", False), bool):
+        raise RegistryError(f"{where}: primary={c['primary']!r} must be true or false (a primary check is named "
+                            "before the runs; the primary checks of a grid are Holm-adjusted together)")
+    if "engaged" in c:
+        e = c["engaged"]
+        if not isinstance(e, dict) or set(e) - ENGAGED_KEYS or "metric" not in e \
+                or e.get("arm") not in ("treatment", "control") or ("above" in e) == ("below" in e) \
+                or e.get("transform") not in (None, "abs"):
+            raise RegistryError(f"{where}: engaged must be {{metric, arm: treatment|control, above | below: <number>, "
+                                f"transform: abs (optional), what}}: the measured condition under which the "
+                                f"check's mechanism acts (got {e!r})")
     if c.get("device") not in (None, "cuda"):
         raise RegistryError(f"{where}: device={c['device']!r}; only 'cuda' is supported")
     for k in ("min_seeds", "min_lrs"):

@@ -16,7 +16,11 @@ from ..io import write_csv, write_text
 from .evidence import Evidence, NotRun
 from .kinds import KINDS
 from .registry import RegistryError, compares, load_registry
-from .verdict import VERDICTS, combine, fmt, holds_region, judge, power
+from .verdict import DECIDED, VERDICTS, combine, decision_p, fmt, holds_region, judge, power
+
+HOLM_ALPHA = 0.05
+TRAJECTORY_KINDS = ("loss_delta", "metric_delta")  # checks of the final validation loss: judged at every evaluation
+MOVING_FRACTION = 1 / 3  # a verdict that changes over the last third of training is "still moving"
 
 RULE_TEXT = (
     "**The verdict rule.** Every bound is fixed in `config/claims.yaml` before the runs, in raw units, with its "
@@ -27,9 +31,16 @@ RULE_TEXT = (
     "when the CI excludes every value the claim allows, so a CI that contains the published effect is never "
     "contradicted. **Not judged**: a degenerate arm (loss at ℓ0, gradients or activations below a stated floor) "
     "or throughput of grid jobs that shared cores — reported, never judged. **Inconclusive** also when the "
-    "evidence is below the check's minimum; **not run**: the grid lacks what it compares. LRs: a comparison is "
-    "made at the grid's pre-registered shared LR (`compare_lr`) or at each variant's cross-fitted best LR "
-    "(chosen on the other half of the seeds), never at an LR chosen on the seeds that estimate it. MDE: the "
+    "evidence is below the check's minimum; **not run**: the grid lacks what it compares. **Not past n-gram "
+    "statistics** (not judged): an arm whose final loss is not below a smoothed trigram model's on the same "
+    "evaluation tokens. **Stability checks** are judged only where their mechanism acted (the engagement they "
+    "report), else not judged. **Still moving**: a check of the final loss whose verdict changes over the last "
+    "third of training (judged at every evaluation): undecided. **Primary checks** (named in the registry before "
+    "the runs) are Holm-adjusted together: a decision whose adjusted p-value is ≥ 0.05 becomes inconclusive. "
+    "LRs: on an LR-pilot grid each variant is compared at the LR its pilot seeds chose (disjoint from the "
+    "evaluation seeds); otherwise at the grid's pre-registered shared LR (`compare_lr`) or at each variant's "
+    "cross-fitted best LR (chosen on the other half of the seeds), never at an LR chosen on the seeds that "
+    "estimate it. MDE: the "
     "smallest distance from the nearest bound that this many seeds decide with 80% power (two-sided α = 0.05); "
     "seeds to decide: at the observed effect and noise. A verdict counts when a second run on fresh seeds gives "
     "it again (`workflows.replicate`).")
@@ -48,9 +59,102 @@ def _source(s: dict) -> str:
     return out
 
 
-def evaluate(registry, ev: Evidence) -> pd.DataFrame:
+def evaluate(registry, ev: Evidence, history: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (check, group): effect, CI, holds region, verdict and reason, power (mde, seeds_needed),
-    how the LR was chosen; the claim's verdict joined."""
+    how the LR was chosen, the engagement a stability check measured; the claim's verdict joined.
+
+    With ``history`` (history.parquet), every check of the final validation loss is also judged at each
+    evaluation step (``trajectory``); one whose verdict changes over the last third of training is
+    "still moving", never decided. Then the *primary* checks (``primary: true``, named before the runs) are
+    Holm-adjusted together (statsmodels' ``multipletests``) on the p-value of the decision each verdict makes
+    (``verdict.decision_p``): a decision that does not survive becomes inconclusive. ``verdict_unadjusted``
+    keeps the per-check verdict."""
+    df = _evaluate(registry, ev)
+    traj = trajectory(registry, ev, history) if history is not None and ev.runs is not None else None
+    df["verdict_unadjusted"] = df.verdict
+    df["trajectory"] = ""
+    if traj is not None and len(traj):
+        last = traj.step.max()
+        late = traj[traj.step >= (1 - MOVING_FRACTION) * last]
+        for i, r in df.iterrows():
+            t = traj[(traj.check == r.check) & (traj.group == r.group)]
+            if not len(t):
+                continue
+            df.at[i, "trajectory"] = " → ".join(f"{int(s)}:{v[:4]}" for s, v in zip(t.step, t.verdict))
+            seen = set(late[(late.check == r.check) & (late.group == r.group)].verdict) | {r.verdict}
+            if r.verdict in DECIDED and len(seen) > 1:
+                df.at[i, "verdict"] = "still moving"
+                df.at[i, "reason"] = (f"{r.reason}; but the verdict changes over the last third of training "
+                                      f"({', '.join(sorted(seen))}): more training could change it")
+    df = holm(df, registry)
+    df.attrs["trajectory"] = traj if traj is not None else pd.DataFrame()
+    return df
+
+
+def holm(df: pd.DataFrame, registry) -> pd.DataFrame:
+    """Holm's step-down adjustment over the primary checks (module docstring of ``evaluate``)."""
+    reg = load_registry(registry)
+    primary = {c["full_id"] for cl in reg["claims"] for c in cl["checks"] if c.get("primary")}
+    log_scale = {c["full_id"]: KINDS[c["kind"]].log_scale or c.get("unit") == "ratio"
+                 for cl in reg["claims"] for c in cl["checks"]}
+    checks = {c["full_id"]: c for cl in reg["claims"] for c in cl["checks"]}
+    df["primary"] = df.check.isin(primary)
+    df["p_decision"] = [decision_p(r.effect, r.ci_low, r.ci_high, int(r.n), checks[r.check], r.verdict,
+                                   log_scale[r.check]) for r in df.itertuples()]
+    df["p_holm"] = math.nan
+    rows = df.index[df.primary & (df.verdict != "not run")]
+    if len(rows):
+        from statsmodels.stats.multitest import multipletests
+
+        p = df.loc[rows, "p_decision"].fillna(1.0).to_numpy(dtype=float)  # an undecided primary check counts
+        reject, p_adj, _, _ = multipletests(p, alpha=HOLM_ALPHA, method="holm")
+        df.loc[rows, "p_holm"] = p_adj
+        for i, ok in zip(rows, reject):
+            if df.at[i, "verdict"] in DECIDED and not ok:
+                df.at[i, "reason"] = (f"{df.at[i, 'reason']}; not significant after Holm's adjustment over the "
+                                      f"{len(rows)} primary checks (p = {df.at[i, 'p_decision']:.3g}, adjusted "
+                                      f"{df.at[i, 'p_holm']:.3g})")
+                df.at[i, "verdict"] = "inconclusive"
+    claim_verdict = {cid: combine(g.verdict.tolist()) for cid, g in df.groupby("claim", sort=False)}
+    df["claim_verdict"] = df.claim.map(claim_verdict)
+    return df
+
+
+def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
+    """Every check of the final validation loss (``TRAJECTORY_KINDS``) judged at each evaluation step, on the
+    learning curve's validation loss at that step (its fixed small window set; the final verdict uses the whole
+    split): check, group, step, effect, ci_low, ci_high, n, verdict."""
+    reg = load_registry(registry)
+    wanted = [(cl, c) for cl in reg["claims"] for c in cl["checks"]
+              if c["kind"] in TRAJECTORY_KINDS and c.get("metric", "final_val_loss") == "final_val_loss"]
+    val = history[(history.kind == "val") & (history.metric == "loss")]
+    if not wanted or not len(val) or ev.runs is None:
+        return pd.DataFrame(columns=["check", "group", "step", "effect", "ci_low", "ci_high", "n", "verdict"])
+    key = ["variant", "seed", "lr"]
+    runs = ev.runs.drop(columns=["final_val_loss"])
+    steps = sorted(set(val.step.astype(int)))
+    rows = []
+    for s in steps:
+        at = val[val.step == s][key + ["value"]].rename(columns={"value": "final_val_loss"})
+        r = runs.merge(at, on=key, how="inner")
+        if not len(r):
+            continue
+        step_ev = Evidence(r, ev.probes, ev.elsewhere, ev.compare_lr, ev.speed, ev.floors, ev.tables,
+                           ev.lr_protocol, None)  # (the trigram guard judges the final loss only)
+        for cl, c in wanted:
+            try:
+                measures = KINDS[c["kind"]].fn(step_ev, c)
+            except NotRun:
+                continue
+            for m in measures:
+                verdict, _ = judge(m.effect, m.lo, m.hi, c, m.short, m.not_judged)
+                rows.append({"check": c["full_id"], "group": m.group, "step": s, "effect": m.effect,
+                             "ci_low": m.lo, "ci_high": m.hi, "n": m.n, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def _evaluate(registry, ev: Evidence) -> pd.DataFrame:
+    """One row per (check, group), unadjusted (see ``evaluate``)."""
     reg = load_registry(registry)
     ev.floors = reg["floors"]
     rows = []
@@ -71,7 +175,7 @@ def evaluate(registry, ev: Evidence) -> pd.DataFrame:
                 rows.append({**base, "group": "", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                              "n": 0, "verdict": "not run", "reason": str(e), "notes": "", "lr_choice": "",
                              "mde": math.nan, "seeds_needed": math.nan, "decides_as": "", "to_decide": "",
-                             "params": "", "tokens": ""})
+                             "params": "", "tokens": "", "engagement": ""})
                 continue
             for m in measures:
                 verdict, why = judge(m.effect, m.lo, m.hi, c, m.short, m.not_judged)
@@ -82,7 +186,8 @@ def evaluate(registry, ev: Evidence) -> pd.DataFrame:
                     pw["to_decide"] = "first: " + "; ".join(m.short) + (f"; then {pw['to_decide']}" if pw["to_decide"] else "")
                 rows.append({**base, "group": m.group, "effect": m.effect, "ci_low": m.lo, "ci_high": m.hi,
                              "n": m.n, "verdict": verdict, "reason": why, "notes": "; ".join(m.notes),
-                             "lr_choice": m.lr_choice, **pw, "params": m.params, "tokens": m.tokens})
+                             "lr_choice": m.lr_choice, **pw, "params": m.params, "tokens": m.tokens,
+                             "engagement": m.engagement})
     df = pd.DataFrame(rows)
     claim_verdict = {cid: combine(g.verdict.tolist()) for cid, g in df.groupby("claim", sort=False)}
     df.insert(1, "claim_verdict", df.claim.map(claim_verdict))
@@ -112,7 +217,17 @@ def markdown(df: pd.DataFrame, grid: dict | None, runs: pd.DataFrame | None) -> 
                      f"{sorted(runs.seed.unique().tolist())}, LRs {sorted(runs.lr.unique().tolist())}; "
                      f"device: {', '.join(sorted(set(runs.device.astype(str))))}"
                      + (f"; pre-registered comparison LR {grid['compare_lr']:g}" if (grid or {}).get("compare_lr")
-                        else "") + ".")
+                        else "")
+                     + (f"; each variant at the LR chosen by its pilot seeds {grid.get('pilot_seeds')}"
+                        if (grid or {}).get("lr_protocol") == "pilot" else "")
+                     + (f"; final losses scored on {int(runs.final_eval_tokens.min()):,} validation tokens"
+                        if "final_eval_tokens" in runs.columns and runs.final_eval_tokens.notna().all() else "") + ".")
+    if "primary" in df.columns and df.primary.any():
+        n_primary = int((df.primary & (df.verdict != "not run")).sum())
+        lines.append(f"Primary checks (marked ★): {n_primary} ran; their decisions are Holm-adjusted together "
+                     f"(family-wise α = {HOLM_ALPHA}). Verdicts before the adjustment and before the "
+                     "still-moving rule: column `verdict_unadjusted` of claims.csv; each check's verdict at every "
+                     "evaluation step: claims_trajectory.csv.")
     lines += [
         "Computed by `workflows.claims` from `runs.parquet` and `probes/*.parquet` against the registry "
         "`config/claims.yaml`; do not edit by hand. Effects are treatment − control (or treatment / control for "
@@ -135,11 +250,14 @@ def markdown(df: pd.DataFrame, grid: dict | None, runs: pd.DataFrame | None) -> 
     t = pd.DataFrame({
         "claim": np.where(first, df.claim, ""),
         "source": np.where(first, df.source, ""),
-        "check": [c.split(".", 1)[1] + (f" ({g})" if g else "") for c, g in zip(df.check, df.group)],
+        "check": [c.split(".", 1)[1] + (f" ({g})" if g else "") + (" ★" if p else "")
+                  for c, g, p in zip(df.check, df.group, df.get("primary", pd.Series(False, index=df.index)))],
         "what": df.what, "compares": df.compares,
         "measured effect [95% CI]": [_ci(r) for r in df.itertuples()],
         "holds if": df.rule, "verdict": df.verdict.map(lambda v: f"**{v}**"),
-        "why": [r.reason + (f" ({r.notes})" if r.notes else "") for r in df.itertuples()],
+        "why": [r.reason + (f" ({r.notes})" if r.notes else "")
+                + (f"; {r.engagement}" if getattr(r, "engagement", "") and r.engagement not in r.reason else "")
+                for r in df.itertuples()],
         "n": df.n, "MDE": [fmt(x) for x in df.mde], "seeds to decide": [_seeds(x) for x in df.seeds_needed],
         "LR": df.lr_choice,
         "scale (params · tokens)": [f"{p} · {t}" if p else "—" for p, t in zip(df.params, df.tokens)],
@@ -153,7 +271,7 @@ def markdown(df: pd.DataFrame, grid: dict | None, runs: pd.DataFrame | None) -> 
         pub = f" Published effect: {fmt(r.published_effect)}." if np.isfinite(r.published_effect) else ""
         lines.append(f"- **{r.check}** holds if {r.rule}: {r.rationale or '—'}{pub}")
     lines.append("")
-    undecided = df[df.verdict == "inconclusive"]
+    undecided = df[df.verdict.isin(["inconclusive", "still moving"])]
     if len(undecided):
         lines += ["## What it would take to decide the inconclusive checks", ""]
         for r in undecided.itertuples():
@@ -218,11 +336,18 @@ def main(argv=None) -> int:
                          "missing file is no table")
     ap.add_argument("--grids", nargs="*", default=["config/config.yaml", "config/paper.yaml"],
                     help="grid configs named in the scorecard for variants this grid lacks")
+    ap.add_argument("--history", help="history.parquet: judge the final-loss checks at every evaluation step "
+                                      "(the still-moving rule and --trajectory)")
+    ap.add_argument("--ngram", help="n-gram references on the evaluation tokens (workflows.ngram's JSON): arms not "
+                                    "below the trigram are not judged")
+    ap.add_argument("--trajectory", help="CSV of every final-loss check's effect, CI and verdict per evaluation step")
     ap.add_argument("--csv", required=True)
     ap.add_argument("--md", required=True)
     ap.add_argument("--figure", help="PNG path; a PDF is written beside it")
+    ap.add_argument("--trajectory-figure", help="PNG path of the verdicts-against-training-time figure (PDF beside it)")
     args = ap.parse_args(argv)
     runs = pd.read_parquet(args.runs) if args.runs else None
+    history = pd.read_parquet(args.history, filters=[("kind", "==", "val")]) if args.history else None
     grid = json.loads(Path(args.grid).read_text()) if args.grid else None
     speed = pd.read_parquet(args.speed) if args.speed and Path(args.speed).exists() else None
     compare_lr = (grid or {}).get("compare_lr")
@@ -236,17 +361,26 @@ def main(argv=None) -> int:
     try:
         df = evaluate(args.registry, Evidence(runs, load_probes(args.probes), variants_elsewhere(args.grids),
                                               compare_lr=float(compare_lr) if compare_lr else None, speed=speed,
-                                              tables=tables))
+                                              tables=tables, lr_protocol=(grid or {}).get("lr_protocol", ""),
+                                              ngram=json.loads(Path(args.ngram).read_text()) if args.ngram else None),
+                      history)
     except RegistryError as e:
         print(f"error: {args.registry}: {e}", file=sys.stderr)
         return 2
     write_csv(args.csv, df)
+    if args.trajectory:
+        write_csv(args.trajectory, df.attrs.get("trajectory", pd.DataFrame()))
     write_text(args.md, markdown(df, grid, runs))
     if args.figure:
         from ..figures import claims_figure
 
         png = Path(args.figure)
         claims_figure(df, png, png.with_suffix(".pdf"), runs, (grid or {}).get("baseline"))
+    if args.trajectory_figure:
+        from ..figures import trajectory_figure
+
+        png = Path(args.trajectory_figure)
+        trajectory_figure(df, df.attrs.get("trajectory", pd.DataFrame()), png, png.with_suffix(".pdf"), runs)
     claims = df.drop_duplicates("claim")
     print(" ".join(f"{c}:{v}" for c, v in zip(claims.claim, claims.claim_verdict)))
     print(df.groupby("verdict").size().to_string())

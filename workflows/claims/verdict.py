@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERDICTS = ("holds", "contradicted", "inconclusive", "not judged", "not run")
+VERDICTS = ("holds", "contradicted", "inconclusive", "still moving", "not judged", "not run")
+DECIDED = ("holds", "contradicted")
 DIRECTIONS = ("above", "below", "at_least", "at_most")
 SYMBOL = {"above": ">", "below": "<", "at_least": "≥", "at_most": "≤"}
 POWER = 0.8
@@ -52,6 +53,7 @@ class Measure:
     not_judged: str = ""  # degenerate arm / shared-core timing -> "not judged"
     notes: list = field(default_factory=list)
     lr_choice: str = ""  # how the compared LR was chosen (selection.describe)
+    engagement: str = ""  # a stability check: what showed (or failed to show) that its mechanism acted
     params: str = ""
     tokens: str = ""
 
@@ -115,9 +117,44 @@ def judge(effect: float, lo: float, hi: float, c: dict, short=(), not_judged: st
     return "inconclusive", f"CI straddles {fmt(t)}"
 
 
+def decision_p(effect: float, lo: float, hi: float, n: int, c: dict, verdict: str, log_scale: bool = False) -> float:
+    """The p-value of the decision a verdict makes, read off its 95% CI: with q the CI's 97.5% quantile
+    (Student t with n − 1 df; normal for n < 2) and se the half-width on the side of the bound over q, the
+    one-sided p of the effect against the bound the verdict rests on, doubled — so p < 0.05 exactly when the
+    95% CI clears that bound, the unadjusted rule. Holds (interval): the larger of the two TOST p-values;
+    contradicted: the bound the CI lies beyond. NaN when the verdict decides nothing. Ratios on the log scale."""
+    from scipy import stats as st
+
+    if verdict not in DECIDED or not all(np.isfinite(v) for v in (effect, lo, hi)):
+        return math.nan
+    a, b, _ = holds_region(c)
+    f = (lambda x: math.log(x) if x > 0 else -math.inf) if log_scale else (lambda x: x)
+    e, lo, hi = f(effect), f(lo), f(hi)
+    q = float(st.t.ppf(0.975, n - 1)) if n >= 2 else float(st.norm.ppf(0.975))
+    dist = st.t(n - 1) if n >= 2 else st.norm()
+
+    def p_beyond(bound, side):  # side +1: the effect lies above the bound; -1: below
+        bound = f(bound)
+        if not np.isfinite(bound):
+            return 0.0
+        half = (e - lo) if side > 0 else (hi - e)
+        if half <= 0:
+            return 0.0 if side * (e - bound) > 0 else 1.0
+        return float(min(1.0, 2 * dist.sf(side * (e - bound) / (half / q))))
+
+    if "interval" in c:
+        if verdict == "holds":
+            return max(p_beyond(a, +1), p_beyond(b, -1))
+        return p_beyond(a, -1) if hi < f(a) else p_beyond(b, +1)
+    d = c["direction"]
+    t = a if d in ("above", "at_least") else b
+    claimed = +1 if d in ("above", "at_least") else -1
+    return p_beyond(t, claimed if verdict == "holds" else -claimed)
+
+
 def combine(verdicts: list[str]) -> str:
     """A claim's verdict from its checks': contradicted if any is; holds if all hold; not run if none ran;
-    else inconclusive ("not judged" checks count as undecided)."""
+    else inconclusive ("not judged" and "still moving" checks count as undecided)."""
     if not verdicts:
         return "not run"
     if "contradicted" in verdicts:

@@ -8,6 +8,8 @@ rule aggregate:
         grid=f"{RESULTS}/grid.json",
         jobs=job_dirs(),  # each train job's folder of runs (lr<lr>/metrics.json, history.parquet)
         data_meta=DATA_META,  # the training split's unigram entropy (the plateau flag)
+        ngram=NGRAM,  # n-gram references on the evaluation tokens (the not_past_trigram flag)
+        assignment=[LR_ASSIGNMENT] if GRID.lr_pilot is not None else [],
     output:
         TABLES,
     log:
@@ -18,6 +20,7 @@ rule aggregate:
         # every run each variant names, in grid order; VARIANT=FOLDER: a run shared with an earlier variant
         runs=lambda w: " ".join(shlex.quote(r) for r in aggregate_runs()),
         out=lambda w, output: os.path.dirname(output[0]),  # RESULTS
+        assigned=lambda w, input: f"--assignment {input.assignment}" if input.assignment else "",
     shell:
         "python -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {params.out}"
-        " --data-meta {input.data_meta} > {log} 2>&1"
+        " --data-meta {input.data_meta} --ngram {input.ngram} {params.assigned} > {log} 2>&1"

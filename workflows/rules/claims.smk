@@ -13,7 +13,9 @@ with open(CLAIMS_REGISTRY) as _f:
     PROBE_SPECS = (_yaml.safe_load(_f) or {}).get("probes") or {}
 PROBE_NAMES = sorted(PROBE_SPECS)
 PROBE_FILES = [f"{RESULTS}/probes/{name}.parquet" for name in PROBE_NAMES]
-CLAIM_OUTPUTS = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md", f"{FIGURES}/claims.png", f"{FIGURES}/claims.pdf"]
+CLAIM_OUTPUTS = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md", f"{RESULTS}/claims_trajectory.csv",
+                 f"{FIGURES}/claims.png", f"{FIGURES}/claims.pdf",
+                 f"{FIGURES}/claims_trajectory.png", f"{FIGURES}/claims_trajectory.pdf"]
 with open(CLAIMS_REGISTRY) as _f:  # the variants of the speed checks whose two arms this grid has, in grid order
     _speed = {v for cl in (_yaml.safe_load(_f) or {}).get("claims") or [] for c in cl.get("checks") or []
               if c.get("kind") == "speed_ratio" and {c.get("treatment"), c.get("control")} <= set(GRID.variants)
@@ -74,6 +76,8 @@ rule claims:
     """The scorecard: every check of the registry judged on runs.parquet and the probe tables."""
     input:
         runs=f"{RESULTS}/runs.parquet",
+        history=f"{RESULTS}/history.parquet",  # every check of the final loss judged at each evaluation step
+        ngram=NGRAM,  # arms not below the trigram reference are not judged
         grid=f"{RESULTS}/grid.json",
         registry=CLAIMS_REGISTRY,
         probes=PROBE_FILES,
@@ -86,6 +90,10 @@ rule claims:
         png=report(f"{FIGURES}/claims.png", caption="../report/claims.rst", category="Claims",
                    labels={"claims": "effect sizes", "format": "PNG"}),
         pdf=f"{FIGURES}/claims.pdf",
+        trajectory=f"{RESULTS}/claims_trajectory.csv",
+        trajectory_png=report(f"{FIGURES}/claims_trajectory.png", caption="../report/claims_trajectory.rst",
+                              category="Claims", labels={"claims": "verdicts against training time", "format": "PNG"}),
+        trajectory_pdf=f"{FIGURES}/claims_trajectory.pdf",
     log:
         f"{LOGS}/claims.log",
     conda:
@@ -97,8 +105,9 @@ rule claims:
     shell:
         "python -m workflows.claims --registry {input.registry} --runs {input.runs} --grid {input.grid}"
         " --probes {input.probes} --speed {input.speed} --table {params.tables} --grids {params.grids}"
+        " --history {input.history} --ngram {input.ngram} --trajectory {output.trajectory}"
         " --csv {output.csv} --md {output.md}"
-        " --figure {output.png} > {log} 2>&1"
+        " --figure {output.png} --trajectory-figure {output.trajectory_png} > {log} 2>&1"
 
 
 # Replication: `--config seed_offset=1000 replicate_of=results results=results/replicate work=work/replicate`

@@ -62,12 +62,14 @@ def job_dirs():
 
 
 def job_run_subdirs(variant):
-    """seed<s>/lr<lr> of each of variant's runs inside its JOB_DIR, in its train job's order (GRID.job_runs)."""
-    return [run_subdir(d["seed"], d["train"]["lr"]) for d in GRID.job_runs(variant)]
+    """seed<s>/lr<lr> of each of variant's runs inside its JOB_DIR, in its train job's order (GRID.job_runs);
+    seed<s> on an LR-pilot grid (the LR is assigned when the job runs)."""
+    pilot = GRID.lr_pilot is not None
+    return [run_subdir(d["seed"], None if pilot else d["train"]["lr"]) for d in GRID.job_runs(variant)]
 
 
 def run_subdir(seed, lr):
-    return f"seed{seed}/lr{lr_label(lr)}"
+    return f"seed{seed}" if lr is None else f"seed{seed}/lr{lr_label(lr)}"
 
 
 def aggregate_runs():

@@ -45,3 +45,28 @@ rule peak_flops:
         "../../environment.yml"
     shell:
         "python -m workflows.device --out {output} --threads {threads} > {log} 2>&1"
+
+
+NGRAM = f"{RESULTS}/ngram.json"
+NGRAM_CONTEXT = GRID.run_config(GRID.baseline, GRID.variant_seeds(GRID.baseline)[0],
+                                GRID.variant_lrs(GRID.baseline)[0]).model.context_length
+
+
+rule ngram:
+    """Smoothed n-gram references (unigram, bigram, trigram, 5-gram; workflows.ngram) fitted on the training
+    split and scored on the targets the runs' final score uses (every window of the validation split)."""
+    input:
+        DATA_META,
+    output:
+        NGRAM,
+    params:
+        data=shlex.quote(json.dumps(config["data"], sort_keys=True)),
+        work=lambda w, input: work_of(input[0]),
+        context=NGRAM_CONTEXT,
+    log:
+        f"{LOGS}/ngram.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m workflows.ngram --data-json {params.data} --work {params.work} --context {params.context}"
+        " --out {output} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule figures:
         summary=f"{RESULTS}/summary.csv",
         history=f"{RESULTS}/history.parquet",
         data_meta=DATA_META,  # the unigram-entropy reference line
+        ngram=NGRAM,  # the bigram and trigram reference lines (read from RESULTS/ngram.json)
         speed=f"{RESULTS}/speed.parquet",  # side-by-side throughput (rule speed), beside the grid jobs' tokens/s
     output:
         [report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures",

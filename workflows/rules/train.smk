@@ -12,6 +12,7 @@ rule train:
     input:
         data=DATA_META,
         peak=PEAK_FLOPS,
+        assignment=[LR_ASSIGNMENT] if GRID.lr_pilot is not None else [],  # an LR-pilot grid: the assigned LRs
     output:
         directory(JOB_DIR),
     log:
@@ -29,6 +30,7 @@ rule train:
         # derived from the output, so not a rerun trigger of its own (the run configs above are)
         outs=lambda w, output: " ".join(f"{output[0]}/{sub}" for sub in job_run_subdirs(w.variant)),
         work=lambda w, input: work_of(input.data),
+        assigned=lambda w, input: f"--assigned-lrs {input.assignment}" if input.assignment else "",
     threads: config["threads"]
     resources:
         mem_mb=config["mem_mb"],
@@ -37,4 +39,5 @@ rule train:
         gpu_mem_mb=config.get("gpu_mem_mb", 0),
     shell:
         "python -m workflows.train --json {params.runs} --out {params.outs} --work {params.work}"
-        " --threads {threads} --peak-flops {input.peak} --gpu-mem-mb {resources.gpu_mem_mb} > {log} 2>&1"
+        " --threads {threads} --peak-flops {input.peak} --gpu-mem-mb {resources.gpu_mem_mb} {params.assigned}"
+        " > {log} 2>&1"
