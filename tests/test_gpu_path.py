@@ -570,3 +570,32 @@ def test_cuda_compiled_model_with_flex_softcap_matches_explicit(monkeypatch):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+# ---- the speed bench times the training regime -----------------------------------------------------
+def test_speed_bench_steps_in_the_training_loops_regime(corpus, work, monkeypatch, counting_backend):
+    """workflows.speed's Stepper uses the autocast dtype and compile setting a training job would use for the
+    same config (before, it timed fp32 eager steps on CUDA whatever the runs did)."""
+    from workflows import speed
+
+    for train in ({}, {"compile": "on", "dtype": "bfloat16"}, {"compile": "off", "dtype": "float16"}):
+        cfg = T.RunConfig.from_dict(run_dict(corpus, steps=3, **train))
+        job = T.Job(cfg, work, work / "device" / "peak_flops.json")
+        job.model_for(cfg)
+        s = speed.Stepper(cfg.to_dict(), torch.device("cpu"))
+        assert (s.regime["dtype"], s.regime["compiled"]) == (job.dtype, job.compiled), train
+        autocasts = []
+        real = torch.autocast
+        monkeypatch.setattr(torch, "autocast", lambda *a, **k: autocasts.append((a, k)) or real(*a, **k))
+        graphs = len(counting_backend)
+        s.step()
+        monkeypatch.setattr(torch, "autocast", real)
+        assert autocasts == [(("cpu",), {"dtype": job.dtype, "enabled": job.dtype != torch.float32})]
+        assert (len(counting_backend) > graphs) == job.compiled  # the compiled forward + loss ran
+    # on CUDA by default: bf16 autocast and compiled, as the training loop (workflows.train) has it
+    cuda = speed.regime(T.RunConfig.from_dict(run_dict(corpus)), torch.device("cuda"))
+    assert cuda["dtype"] == dev.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert cuda["compiled"] and cuda["compile_backend"] == getattr(T.COMPILE_BACKEND, "__name__", T.COMPILE_BACKEND)
+    rows = speed.measure({"g": run_dict(corpus, compile="on", dtype="bfloat16")}, reps=1, steps=1, warmup=1,
+                         device="cpu")
+    assert rows.dtype.tolist() == ["bfloat16"] and rows.compiled.tolist() == [True]

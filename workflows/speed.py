@@ -9,7 +9,9 @@ model trains in one process, one after the other, for ``steps`` steps per rep, w
 so no variant always runs first or last; each rep gives one tokens/s per variant, and the scorecard pairs them
 by rep. The pipeline runs it as a job that takes every core, so nothing else runs beside it. Batches are random
 tokens (throughput does not depend on the data); the step is what a training step does: forward, cross-entropy
-(+ z-loss when the run has it), backward, clipping, AdamW.
+(+ z-loss when the run has it), backward, clipping, AdamW, in the training loop's regime (``regime``): its
+autocast dtype and its compile setting (on CUDA by default bf16 autocast and torch.compile; fp32 eager on
+the CPU), so a GPU's speed claims are judged on the kernels the runs use. Each row records the regime.
 """
 from __future__ import annotations
 
@@ -25,8 +27,22 @@ from . import device as dev
 from .io import write_parquet
 
 
+def regime(cfg, device: torch.device) -> dict:
+    """The training loop's regime for ``cfg`` on ``device`` (workflows.train.Job): the autocast dtype
+    (``train.dtype``; auto: bf16 on CUDA, fp32 on the CPU) and whether the forward and loss are compiled
+    (``train.compile``; auto: on for CUDA), with the compile backend the loop uses."""
+    from . import train
+
+    tc = cfg.train
+    compiled = tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda")
+    backend = train.COMPILE_BACKEND
+    return {"dtype": dev.resolve_dtype(tc.dtype, device), "compiled": compiled,
+            "compile_backend": getattr(backend, "__name__", str(backend)) if compiled else None}
+
+
 class Stepper:
-    """One variant's model and optimizer on random batches of its run config's shape."""
+    """One variant's model and optimizer on random batches of its run config's shape, stepped in the
+    training loop's regime (``regime``: autocast dtype, compiled forward + loss)."""
 
     def __init__(self, run: dict, device: torch.device):
         from models import build
@@ -43,13 +59,26 @@ class Stepper:
         shape = (tc.batch_size, self.cfg.model.context_length + 1)
         self.batch = torch.randint(0, self.cfg.model.vocab_size, shape, generator=g).to(device)
         self.tokens = tc.batch_size * self.cfg.model.context_length
+        from . import train
+
+        self.regime = regime(self.cfg, device)
+        model = self.model
+
+        def loss_fn(x, y, z_loss):  # forward and loss in one (compiled) graph, as workflows.train.Job has it
+            return train.losses(model(x), y, z_loss)
+
+        self.loss_fn = (torch.compile(loss_fn, backend=train.COMPILE_BACKEND) if self.regime["compiled"]
+                        else loss_fn)
+
+    def autocast(self):
+        dtype = self.regime["dtype"]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def step(self) -> None:
-        from .train import losses
-
         tc = self.cfg.train
         x, y = self.batch[:, :-1], self.batch[:, 1:]
-        _, loss = losses(self.model(x), y, tc.z_loss)  # what the training loop optimises
+        with self.autocast():
+            _, loss = self.loss_fn(x, y, tc.z_loss)  # what the training loop optimises
         loss.backward()
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -79,7 +108,8 @@ def measure(runs: dict, reps: int = 7, steps: int = 20, warmup: int = 5, device:
             rows.append({"variant": v, "rep": rep, "tokens_per_s": s.tokens_per_s(steps), "steps": steps,
                          "batch_size": s.cfg.train.batch_size, "context_length": s.cfg.model.context_length,
                          "params": sum(p.numel() for p in s.model.parameters()), "device": dev.device_name(dv),
-                         "threads": torch.get_num_threads()})
+                         "threads": torch.get_num_threads(),
+                         "dtype": str(s.regime["dtype"]).removeprefix("torch."), "compiled": s.regime["compiled"]})
     return pd.DataFrame(rows)
 
 
@@ -95,7 +125,7 @@ def main(argv=None) -> int:
     runs = json.loads(args.runs_json)
     if not runs:
         df = pd.DataFrame(columns=["variant", "rep", "tokens_per_s", "steps", "batch_size", "context_length",
-                                   "params", "device", "threads"])
+                                   "params", "device", "threads", "dtype", "compiled"])
     else:
         df = measure(runs, args.reps, args.steps)
     write_parquet(args.out, df)
