@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from workflows.claims.verdict import VERDICTS
+
 REPO = Path(__file__).resolve().parent.parent
 MICRO = REPO / "config" / "micro.yaml"
 FIGURES = ["loss_by_variant", "loss_vs_lr", "divergence_heatmap", "throughput", "loss_curves", "activations",
@@ -109,7 +111,8 @@ def test_micro_pipeline_kill_resume_and_outputs(tmp_path, work, grid):
             assert f.exists() and f.stat().st_size > 1000, f
         assert mpimg.imread(wd / "figures" / f"{name}.png").ndim == 3
     claims = pd.read_csv(res / "claims.csv")
-    assert {"holds", "contradicted", "inconclusive", "not run"} >= set(claims.verdict)
+    assert set(VERDICTS) >= set(claims.verdict)
+    assert (res / "claims_trajectory.csv").exists() and (res / "ngram.json").exists()
     # 4. nothing left to do
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(smk(wd, micro, work, "-n"))
     # 5. changing one axis of one variant re-runs exactly that variant's runs

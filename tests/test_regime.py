@@ -510,9 +510,6 @@ def test_summarise_not_past_trigram_uses_the_upper_bound():
     assert s.set_index("variant").not_past_trigram["baseline"] == True  # noqa: E712
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a variant whose every run diverged (no finite final loss) gets "
-                                       "not_past_trigram = False ('past the trigram'), because summarise computes "
-                                       "`not past_ngram(nan, trigram)` and `not nan` is False")
 def test_summarise_all_diverged_variant_is_not_past_the_trigram():
     # catches: a variant that learned nothing shown as past n-gram statistics
     runs = pilot_eval_runs()

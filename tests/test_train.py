@@ -265,4 +265,7 @@ def test_runs_of_one_model_with_different_eval_windows_use_their_own_windows(cor
         (m1, h1), (m2, h2) = read(tmp_path / "job" / f"w{i}"), read(tmp_path / "alone" / f"w{i}")
         pd.testing.assert_frame_equal(h1, h2)
         assert m1["provenance"]["eval_batches"]["windows"] == cfg.train.eval_windows
-    assert read(tmp_path / "job" / "w0")[0]["final_val_loss"] != read(tmp_path / "job" / "w1")[0]["final_val_loss"]
+    (w0, _), (w1, _) = read(tmp_path / "job" / "w0"), read(tmp_path / "job" / "w1")
+    assert w0["last_val_loss"] != w1["last_val_loss"]  # the curves' own windows
+    assert w0["final_val_loss"] == w1["final_val_loss"]  # one final set: the whole validation split
+    assert w0["final_eval_tokens"] == w0["provenance"]["final_eval_batches"]["tokens"] > 12 * cfgs[1].model.context_length

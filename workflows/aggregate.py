@@ -219,7 +219,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             "still_improving": improving,
             "on_plateau": on_plateau(mean, unigram_entropy.get(r.data_key.iloc[0], math.nan)
                                      if isinstance(unigram_entropy, dict) else unigram_entropy),
-            "not_past_trigram": (math.nan if not np.isfinite(trigram) else
+            "not_past_trigram": (math.nan if not (np.isfinite(trigram) and np.isfinite(mean)) else
                                  not past_ngram(hi if np.isfinite(hi) else mean, trigram)),
         })
     out = pd.DataFrame(rows)
