@@ -422,7 +422,8 @@ def test_compiled_evaluation_has_one_batch_shape(corpus, work, counting_backend)
     compiled = job.evaluate(compiled_cfg)
     ev = job.eval_batches(compiled_cfg)
     assert {tuple(x.shape) for x, _ in ev["batches"]} == {(4, 16)}
-    assert ev["record"] == {"windows": 10, "batch_size": 4, "batches": 3, "padded_windows": 2, "fixed_shape": True}
+    assert ev["record"] == {"windows": 10, "tokens": 160, "batch_size": 4, "batches": 3, "padded_windows": 2,
+                            "fixed_shape": True}
     assert compiled == pytest.approx(eager, rel=1e-5)  # padding windows are ignored by the loss
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(counting_backend) == 1  # no dynamic recompile
 

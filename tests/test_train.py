@@ -269,3 +269,32 @@ def test_runs_of_one_model_with_different_eval_windows_use_their_own_windows(cor
     assert w0["last_val_loss"] != w1["last_val_loss"]  # the curves' own windows
     assert w0["final_val_loss"] == w1["final_val_loss"]  # one final set: the whole validation split
     assert w0["final_eval_tokens"] == w0["provenance"]["final_eval_batches"]["tokens"] > 12 * cfgs[1].model.context_length
+
+
+def test_fp16_runs_scale_the_loss_and_unscale_before_clipping(corpus, work, tmp_path, monkeypatch):
+    """fp16 autocast trains through a GradScaler (bf16 and fp32 do not): the loss is scaled before backward, the
+    gradients are unscaled before clipping (so the recorded pre-clip norm is the true one) and the optimizer steps
+    through the scaler; its state goes into the checkpoint."""
+    calls = []
+
+    class Counting(torch.amp.GradScaler):
+        def scale(self, outputs):
+            calls.append("scale")
+            return super().scale(outputs)
+
+        def unscale_(self, optimizer):
+            calls.append("unscale")
+            return super().unscale_(optimizer)
+
+        def step(self, optimizer, *a, **k):
+            calls.append("step")
+            return super().step(optimizer, *a, **k)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Counting)
+    cfg = T.RunConfig.from_dict(run_dict(corpus, steps=6, stats_every=0, checkpoint_every=3, dtype="float16"))
+    m = T.train(cfg, tmp_path / "fp16", work, threads=1)
+    assert m["status"] == "ok" and math.isfinite(m["final_val_loss"])
+    assert calls[:3] == ["scale", "unscale", "step"] and calls.count("step") == 6
+    calls.clear()
+    T.train(T.RunConfig.from_dict(run_dict(corpus, steps=3, stats_every=0)), tmp_path / "fp32", work, threads=1)
+    assert calls == []  # fp32: no scaler

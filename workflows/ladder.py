@@ -313,8 +313,155 @@ def log_multiplier(cell: Cell, base: list[Cell], form: str, ix) -> float:
     return f.inverse(cell.loss(ix)) - cell.lnc
 
 
+# ------------------------------------------------------------------------------------------------
+# the paired local estimator (primary): each seed's multiplier from its own baseline around the rung
+def paired_local_lnm(x: np.ndarray, Lb: np.ndarray, i: int, lv: np.ndarray, xv: float) -> np.ndarray:
+    """Per seed, ln m of a variant at the baseline's rung ``i`` (the estimator's arithmetic, on arrays).
+
+    ``x``: ln C of the baseline's rungs (ascending); ``Lb``: the baseline's final losses, rungs × seeds; ``lv``: the
+    variant's losses at rung ``i``, one per seed (the same seeds); ``xv``: the variant's ln C there. Around rung i
+    the baseline is a parabola L_b(x_i + t) = L_b(x_i) + s·t + c·t²: its curvature c is pooled over seeds (the
+    second divided difference of the seed-mean losses at rungs i−1, i, i+1), its slope s is each seed's own (the
+    secant of that seed's baseline from rung i−1 to i+1, corrected by c to the tangent at x_i). Each seed's shift t
+    solves s·t + c·t² = L_v − L_b(x_i) (the root nearest the linear answer), and ln m = x_i + t − ln C_v. The
+    variant is compared with its own seed's baseline at its own rung, so noise at other rungs enters only through
+    the slope. Needs a baseline rung on each side: NaN at the first and last rung, and where a seed's slope is not
+    negative (its baseline did not improve with compute there)."""
+    nan = np.full(len(lv), np.nan)
+    if i <= 0 or i >= len(x) - 1:
+        return nan
+    m = np.nanmean(Lb, axis=1)
+    x0, x1, x2 = x[i - 1], x[i], x[i + 1]
+    c = ((m[i + 1] - m[i]) / (x2 - x1) - (m[i] - m[i - 1]) / (x1 - x0)) / (x2 - x0)
+    sec = (Lb[i + 1] - Lb[i - 1]) / (x2 - x0)
+    slope = sec + c * (2 * x1 - x0 - x2)
+    d = np.asarray(lv, dtype=float) - Lb[i]
+    out = nan.copy()
+    for k in range(len(lv)):
+        sk, dk = slope[k], d[k]
+        if not (np.isfinite(sk) and np.isfinite(dk)) or sk >= 0:
+            continue
+        lin = dk / sk
+        if abs(c) < 1e-12:
+            t = lin
+        else:
+            disc = sk * sk + 4 * c * dk
+            if disc < 0:
+                continue
+            roots = ((-sk + math.sqrt(disc)) / (2 * c), (-sk - math.sqrt(disc)) / (2 * c))
+            t = min(roots, key=lambda r: abs(r - lin))
+        out[k] = x1 + t - xv
+    return out
+
+
+def local_log_multipliers(cell: Cell, base: list[Cell], seeds) -> np.ndarray:
+    """Per seed, ln m of ``cell`` against the same seed's baseline at the same rung (``paired_local_lnm``);
+    NaN where the rung has no baseline or is the baseline's first or last rung."""
+    base = sorted(base, key=lambda c: c.lnc)
+    here = [i for i, b in enumerate(base) if b.rung == cell.rung]
+    if not here:
+        return np.full(len(seeds), np.nan)
+    x = np.array([b.lnc for b in base])
+    Lb = np.array([b.seed_losses(seeds) for b in base])
+    return paired_local_lnm(x, Lb, here[0], cell.seed_losses(seeds), cell.lnc)
+
+
+def local_multiplier(cell: Cell, base: list[Cell], seeds, level: float = stats.LEVEL) -> dict:
+    """The cell's compute multiplier from ``local_log_multipliers``: the geometric mean over seeds with the
+    exponentiated 95% Student-t interval of the mean ln m (seeds paired: the variant and the baseline share each
+    seed's data order and initialisation seed); ``extrapolated`` when the variant's loss lies beyond the baseline
+    losses of the rungs either side (the linear step reaches past them)."""
+    lnm = local_log_multipliers(cell, base, seeds)
+    ok = lnm[np.isfinite(lnm)]
+    out = {"multiplier": math.nan, "multiplier_low": math.nan, "multiplier_high": math.nan, "multiplier_seeds": len(ok),
+           "extrapolated": False, "note": ""}
+    bs = sorted(base, key=lambda c: c.lnc)
+    at = [k for k, b in enumerate(bs) if b.rung == cell.rung]
+    if not at or at[0] in (0, len(bs) - 1):
+        out["note"] = ("not estimated: the paired local estimate needs a baseline rung on each side of this rung "
+                       "(add a baseline_only rung)")
+        return out
+    if not len(ok):
+        out["note"] = "not estimated: no seed's baseline improved with compute around this rung"
+        return out
+    m, lo, hi = stats.mean_ci(ok.tolist(), level)
+    out.update(multiplier=math.exp(m), multiplier_low=math.exp(lo) if np.isfinite(lo) else math.nan,
+               multiplier_high=math.exp(hi) if np.isfinite(hi) else math.nan)
+    i = at[0]
+    span = [float(np.nanmean(bs[k].seed_losses(seeds))) for k in (i - 1, i + 1)]
+    lv = float(np.nanmean(cell.seed_losses(seeds)))
+    out["extrapolated"] = bool(not (min(span) - 1e-12 <= lv <= max(span) + 1e-12))
+    if out["extrapolated"]:
+        out["note"] = "extrapolated: the variant's loss lies beyond the adjacent rungs' baseline losses"
+    return out
+
+
+def local_trend(own: list[Cell], base: list[Cell], seeds, level: float = stats.LEVEL) -> dict:
+    """Slope of ln m against ln C over the arm's rungs, per seed (OLS over that seed's local ln m), with the
+    Student-t interval of the mean slope over seeds: > 0, the change gains with scale; 0, a constant multiplier."""
+    own = sorted(own, key=lambda c: c.lnc)
+    M = np.array([local_log_multipliers(c, base, seeds) for c in own])  # rungs × seeds
+    x = np.array([c.lnc for c in own])
+    keep = [j for j in range(M.shape[1]) if np.isfinite(M[:, j]).sum() >= 2] if len(own) else []
+    out = {"rungs": len(own), "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan,
+           "rungs_used": " ".join(c.rung for c in own), "seeds": len(keep), "note": ""}
+    if len(own) < 2 or not keep:
+        out["note"] = f"{len(own)} rung(s) with a local multiplier; a slope needs ≥ 2"
+        return out
+    slopes = []
+    for j in keep:
+        ok = np.isfinite(M[:, j])
+        slopes.append(float(np.polyfit(x[ok], M[ok, j], 1)[0]))
+    out["slope"], out["slope_low"], out["slope_high"] = stats.mean_ci(slopes, level)
+    return out
+
+
+def decision_accuracy(cs: dict, ladder: dict, seeds, n_boot: int = stats.N_BOOT, level: float = stats.LEVEL) -> pd.DataFrame:
+    """For each rung below the top one: the share of arm pairs (every two arms trained at both rungs, the baseline
+    included) whose order by mean final loss there matches their order at the top rung (DataDecide's decision
+    accuracy), with a percentile interval over seeds resampled jointly (the same seeds for every arm and rung;
+    with 3 seeds there are only 10 distinct resamples, so the interval is coarse)."""
+    rungs = [rg["rung"] for rg in ladder["rungs"]]
+    arms = list(ladder["arms"])
+    top = next((r for r in reversed(rungs) if sum((a, r) in cs for a in arms) >= 2), None)
+    rows = []
+    if top is None:
+        return pd.DataFrame(rows)
+    vals = {k: c.seed_losses(seeds) for k, c in cs.items()}
+
+    def share(r, ix):
+        common = [a for a in arms if (a, r) in cs and (a, top) in cs]
+        pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1:]]
+        if not pairs:
+            return math.nan, 0
+        agree = 0
+        for a, b in pairs:
+            d_here = np.nanmean(vals[(a, r)][ix]) - np.nanmean(vals[(b, r)][ix])
+            d_top = np.nanmean(vals[(a, top)][ix]) - np.nanmean(vals[(b, top)][ix])
+            agree += int(np.sign(d_here) == np.sign(d_top))
+        return agree / len(pairs), len(pairs)
+
+    rng = np.random.default_rng(stats.BOOTSTRAP_SEED)
+    n = len(seeds)
+    for r in rungs:
+        if r == top:
+            continue
+        point, npairs = share(r, np.arange(n))
+        if not npairs:
+            continue
+        boot = [share(r, rng.integers(0, n, n))[0] for _ in range(n_boot)]
+        boot = np.array([b for b in boot if np.isfinite(b)])
+        a = (1 - level) / 2
+        rows.append({"rung": r, "top_rung": top, "pairs": npairs, "accuracy": point,
+                     "accuracy_low": float(np.quantile(boot, a)) if len(boot) else math.nan,
+                     "accuracy_high": float(np.quantile(boot, 1 - a)) if len(boot) else math.nan, "seeds": n})
+    return pd.DataFrame(rows)
+
+
 def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per arm × rung table, per arm trend table); see the module docstring for every column's meaning."""
+    """(per arm × rung table, per arm trend table). Primary: the paired local multiplier (``local_multiplier``)
+    and its per-seed trend (``local_trend``); secondary, labelled ``global_*``: the multiplier from one fit of the
+    baseline over all rungs (``_multiplier``), with its lack of fit (R², and the baseline's own rungs against it)."""
     seeds = sorted({int(s) for s in runs.seed})
     cs = cells(runs, ladder, seeds)
     form, b = ladder["fit"], ladder["baseline"]
@@ -336,13 +483,18 @@ def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -
             row.update(selection_lrs=" ".join(f"{c.lrs[i]:g}" if i >= 0 else "-"
                                               for i in selection.crossfit_choice(c.scores, allix)))
             best = selection.best_lr(runs[runs.variant == name_of(arm, c.rung)])
-            row["best_lr_at_edge"] = bool(np.isfinite(best) and best_lr_at_edge(best, c.lrs))
-            row.update(_multiplier(c, base, bfit, form, len(seeds), level))
+            row["best_lr_at_edge"] = bool(len(c.lrs) > 2 and np.isfinite(best) and best_lr_at_edge(best, c.lrs))
+            row.update(local_multiplier(c, base, seeds, level) if arm != b else
+                       {"multiplier": 1.0, "multiplier_low": 1.0, "multiplier_high": 1.0,
+                        "multiplier_seeds": len(seeds), "extrapolated": False, "note": "the baseline itself"})
+            g = _multiplier(c, base, bfit, form, len(seeds), level)
+            row.update({f"global_{k}" if k != "note" else "global_note": v for k, v in g.items()})
             row.update(r2=ofit.r2 if ofit else math.nan, fit=form, fit_params=" ".join(f"{p:.6g}" for p in ofit.params)
                        if ofit else "")
             rows.append(row)
         if arm != b:
-            trends.append({"variant": arm, **trend(own, base, form, len(seeds), level)})
+            trends.append({"variant": arm, **local_trend(own, base, seeds, level),
+                           **{f"global_{k}": v for k, v in trend(own, base, form, len(seeds), level).items()}})
     return pd.DataFrame(rows), pd.DataFrame(trends)
 
 
@@ -410,18 +562,24 @@ def trend(own: list[Cell], base: list[Cell], form: str, n: int, level: float = s
     return out
 
 
-def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str = "") -> str:
+def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str = "",
+             decisions: pd.DataFrame | None = None) -> str:
     """results/ladder.md: the rungs, the multipliers and the trends, with what three rungs can and cannot say."""
     def f(x, fmt="{:.3g}"):
         return fmt.format(x) if isinstance(x, (int, float)) and np.isfinite(x) else "—"
 
     lines = ["# Effects across scale: compute multipliers", "",
-             f"Fit: {ladder['fit']} ({'L = α + β·ln C' if ladder['fit'] == 'loglinear' else 'L = a·C^(−b) + c'}) "
-             f"per variant over its rungs; tokens per run ∝ N^{ladder['tokens_exponent']:g} (N: the baseline's "
-             "non-embedding parameters). Each seed at its cross-fitted LR (the best LR of the other seeds). "
-             "m = compute the baseline's curve needs to reach the variant's loss ÷ the variant's compute: m > 1, "
-             "the change is worth m× compute; m < 1, it costs compute. 95% intervals: seeds resampled paired "
-             "through the whole fit. No extrapolation beyond the baseline's rungs.", ""]
+             "m = compute the baseline needs to reach the variant's loss ÷ the variant's compute: m > 1, the change is "
+             "worth m× compute; m < 1, it costs compute. **Primary (paired, local):** per seed, the variant's loss "
+             "against the same seed's baseline at the same rung, over that seed's local baseline slope dL/d ln C "
+             "(the secant between the rungs either side); the geometric mean over seeds with a 95% Student-t "
+             "interval of the mean ln m. Noise at one rung does not leak into the others. *Extrapolated*: the "
+             "variant's loss lies beyond the adjacent rungs' baseline losses. **Secondary (global):** one "
+             f"{ladder['fit']} fit ({'L = α + β·ln C' if ladder['fit'] == 'loglinear' else 'L = a·C^(−b) + c'}) of "
+             "the baseline over all rungs, inverted, seeds resampled through the fit; its lack of fit is the "
+             f"baseline's own rows (global m ≠ 1) and R². Tokens per run ∝ N^{ladder['tokens_exponent']:g} "
+             "(N: the baseline's non-embedding parameters). LRs: each (variant, rung) at the LR its pilot seeds chose "
+             "when the grid has an lr_pilot, else each seed at its cross-fitted LR.", ""]
     if scale:
         lines += [scale, ""]
     lines += ["| rung | params (baseline) | steps | compute range |", "|---|---|---|---|"]
@@ -431,21 +589,36 @@ def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str
         p = t[t.variant == ladder["baseline"]].params
         lines.append(f"| {rg['rung']}{' (baseline only)' if rg['baseline_only'] else ''} | "
                      f"{int(p.iloc[0]) if len(p) else '—'} | {rg['steps']} | {comp} FLOPs |")
-    lines += ["", "| variant | rung | loss [95% CI] | multiplier [95% CI] | R² | LRs (per seed) | note |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| variant | rung | loss [95% CI] | multiplier [95% CI] (paired, local) | high/low | "
+              "global fit: multiplier [95% CI] | R² (own fit) | LRs (per seed) | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         mult = f"{f(r.multiplier)} [{f(r.multiplier_low)}, {f(r.multiplier_high)}]"
-        if r.censored:
-            mult += f" (cut: {r.censored})"
+        if r.get("extrapolated"):
+            mult += " (extrapolated)"
+        ratio = r.multiplier_high / r.multiplier_low if np.isfinite(r.multiplier_low) and r.multiplier_low > 0 else math.nan
+        gm = f"{f(r.global_multiplier)} [{f(r.global_multiplier_low)}, {f(r.global_multiplier_high)}]"
+        if r.get("global_censored"):
+            gm += f" (cut: {r.global_censored})"
         edge = " ↔" if r.best_lr_at_edge else ""
         lines.append(f"| {r.variant} | {r.rung} | {f(r.loss, '{:.3f}')} [{f(r.loss_low, '{:.3f}')}, "
-                     f"{f(r.loss_high, '{:.3f}')}] | {mult} | {f(r.r2, '{:.3f}')} | {r.selection_lrs}{edge} | "
-                     f"{r.note} |")
-    lines += ["", "Trend (slope of ln m against ln C over the rungs; > 0: the change gains with scale):", "",
-              "| variant | slope [95% CI] | rungs used | note |", "|---|---|---|---|"]
+                     f"{f(r.loss_high, '{:.3f}')}] | {mult} | {f(ratio, '{:.2f}')} | {gm} | {f(r.r2, '{:.3f}')} | "
+                     f"{r.selection_lrs}{edge} | {'; '.join(x for x in (r.get('note'), r.get('global_note')) if isinstance(x, str) and x)} |")
+    lines += ["", "Trend (slope of ln m against ln C over the rungs, per seed, mean with a 95% t interval; > 0: the "
+              "change gains with scale; the global fit's resampled slope beside it):", "",
+              "| variant | slope [95% CI] (paired, local) | global fit: slope [95% CI] | rungs used | note |",
+              "|---|---|---|---|---|"]
     for _, r in trends.iterrows():
-        lines.append(f"| {r.variant} | {f(r.slope)} [{f(r.slope_low)}, {f(r.slope_high)}] | {r.rungs_used} | "
-                     f"{r.get('note', '')} |")
+        lines.append(f"| {r.variant} | {f(r.slope)} [{f(r.slope_low)}, {f(r.slope_high)}] | "
+                     f"{f(r.get('global_slope'))} [{f(r.get('global_slope_low'))}, {f(r.get('global_slope_high'))}] | "
+                     f"{r.rungs_used} | {r.get('note', '')} |")
+    if decisions is not None and len(decisions):
+        lines += ["", "Decision accuracy (DataDecide): the share of arm pairs whose order by mean loss at a rung "
+                  "matches their order at the top rung, with a percentile interval over seeds resampled jointly:", "",
+                  "| rung | top rung | pairs | accuracy [95% CI] |", "|---|---|---|---|"]
+        for _, r in decisions.iterrows():
+            lines.append(f"| {r.rung} | {r.top_rung} | {int(r.pairs)} | {f(r.accuracy, '{:.2f}')} "
+                         f"[{f(r.accuracy_low, '{:.2f}')}, {f(r.accuracy_high, '{:.2f}')}] |")
     lines += ["", "↔: the in-sample best LR is at the edge of the rung's grid. What this cannot say: three or four "
               "rungs a factor of a few apart fit any smooth curve; a trend inside its interval's width is not a "
               "trend, and nothing here says what happens beyond the largest rung.", ""]
@@ -538,11 +711,10 @@ def figures(runs: pd.DataFrame, table: pd.DataFrame, ladder: dict, out, unigram_
                     ms=5, lw=1.2, label=arm)
         for xi, (_, row) in zip(x, t.iterrows()):
             if not np.isfinite(row.multiplier):
-                ax.annotate("refused", (xi, 1.0), rotation=90, ha="center", va="bottom", fontsize=7,
+                ax.annotate("undefined", (xi, 1.0), rotation=90, ha="center", va="bottom", fontsize=7,
                             color=cols[arm])
-            elif row.censored:
-                ax.annotate("cut", (xi, row.multiplier_high if "high" in row.censored else row.multiplier_low),
-                            ha="center", va="bottom" if "high" in row.censored else "top", fontsize=6,
+            elif row.get("extrapolated"):
+                ax.annotate("extrap.", (xi, row.multiplier_high), ha="center", va="bottom", fontsize=6,
                             color=cols[arm])
     ax.axhline(1.0, color="0.3", lw=1, ls="--")
     ax.set_xscale("log")
@@ -552,8 +724,8 @@ def figures(runs: pd.DataFrame, table: pd.DataFrame, ladder: dict, out, unigram_
     ax.set_ylabel(f"compute multiplier vs {b}\n(> 1: worth that much extra compute)")
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3, which="both")
-    fig.suptitle("Each change as a compute multiplier per rung, 95% interval over seeds resampled\n"
-                 "through the whole fit; 'refused': beyond the baseline's rungs, 'cut': bound at their edge",
+    fig.suptitle("Each change as a compute multiplier per rung: each seed against its own baseline at that rung\n"
+                 "(Δloss over the local slope), 95% t interval over seeds; 'extrap.': beyond the adjacent rungs",
                  fontsize=9)
     fig.tight_layout()
     add_subtitle(fig, line)
@@ -584,11 +756,13 @@ def main(argv=None) -> int:
         return 2
     runs = pd.read_parquet(args.runs)
     table, trends = ladder_table(runs, ladder)
+    seeds = sorted({int(s) for s in runs.seed})
+    decisions = decision_accuracy(cells(runs, ladder, seeds), ladder, seeds)
     out = Path(args.out)
-    for name, df in (("ladder.csv", table), ("ladder_trend.csv", trends)):
+    for name, df in (("ladder.csv", table), ("ladder_trend.csv", trends), ("ladder_decisions.csv", decisions)):
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
-    write_text(out / "ladder.md", markdown(table, trends, ladder, scale_line(runs, grid.get("baseline"))))
+    write_text(out / "ladder.md", markdown(table, trends, ladder, scale_line(runs, grid.get("baseline")), decisions))
     if args.figures:
         h = math.nan
         if args.data_meta:

@@ -338,22 +338,24 @@ class Job:
         return total / n
 
 
-def train_step(job: Job, x, y, tc: TrainConfig, stats: bool):
+def train_step(job: Job, x, y, tc: TrainConfig, stats: bool, scaler=None):
     """Forward and backward of one batch: (loss, per-layer statistics or None). Its own function so
     that tests can interrupt or poison a run at a chosen step. A statistics step runs the eager module:
-    its read-outs (.tolist()/.item() in the model's statistics) stay out of the compiled graph."""
+    its read-outs (.tolist()/.item() in the model's statistics) stay out of the compiled graph.
+    ``scaler``: an fp16 run's ``torch.amp.GradScaler`` (the loss is scaled before backward)."""
     with job.autocast():
         if stats:
             logits, st = job.model(x, stats=True)
             loss, total = losses(logits, y, tc.z_loss)
         else:
             (loss, total), st = job.loss_fn(x, y, tc.z_loss), None
-    total.backward()
+    (scaler.scale(total) if scaler is not None else total).backward()
     return loss.detach(), st
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device: torch.device) -> None:
+def save_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device: torch.device,
+                    scaler=None) -> None:
     """Model, optimizer, the run's state and the RNG states the run uses: the CPU generator and, on CUDA,
     the job's device only (not every visible GPU, which would open a context on each)."""
     rec.close_segment()
@@ -361,10 +363,11 @@ def save_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, devic
                 if device.type == "cuda" else None)
     with atomic_path(path) as tmp:
         torch.save({"fingerprint": fingerprint(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                    "state": rec.state.to_dict(), "rng": torch.get_rng_state(), "cuda_rng": cuda_rng}, tmp)
+                    "state": rec.state.to_dict(), "rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp)
 
 
-def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device) -> bool:
+def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, device, scaler=None) -> bool:
     """Restore a run from ``path``; False (and a fresh start) if it is missing, torn or another config's.
     Loads on the CPU (the RNG states must stay CPU ByteTensors); load_state_dict moves the tensors to
     the model's and optimizer's device."""
@@ -381,6 +384,8 @@ def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, devic
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     rec.state = RunState.from_dict(ck["state"])
+    if scaler is not None and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
     torch.set_rng_state(ck["rng"])
     cuda_rng = ck.get("cuda_rng")
     if cuda_rng is not None and device.type == "cuda":
@@ -405,11 +410,13 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     tc = cfg.train
     model, _ = job.model_for(cfg)
     opt = make_optimizer(model, tc, job.device)
+    # fp16 autocast needs loss scaling (bf16 and fp32 do not): gradients are unscaled before clipping
+    scaler = torch.amp.GradScaler(job.device.type) if job.dtype == torch.float16 else None
     clock = dev.StepClock(job.device)
     rec = Recorder(cfg, init_loss=math.log(cfg.model.vocab_size), bytes_per_token=job.data.bytes_per_token,
                    clock=clock)
     ckpt = store / "checkpoint.pt"
-    resumed = load_checkpoint(ckpt, cfg, model, opt, rec, job.device)
+    resumed = load_checkpoint(ckpt, cfg, model, opt, rec, job.device, scaler)
     job.begin_run(cfg)
     rec.begin_segment()
     layers, weights = layer_params(model), weight_matrices(model)
@@ -424,11 +431,17 @@ def fit(job: Job, cfg: RunConfig, store: Path):
             group["lr"] = lr
         x, y = job.batch(cfg, step)
         stats = tc.stats_every > 0 and step % tc.stats_every == 0
-        loss, st = train_step(job, x, y, tc, stats)
+        loss, st = train_step(job, x, y, tc, stats, scaler)
+        if scaler is not None:
+            scaler.unscale_(opt)
         snapshot = layer_snapshot(layers) if stats else None
         norms = weight_norms(weights) if stats else None  # the weights this step's update starts from
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-        opt.step()
+        if scaler is not None:  # skips the step on inf/nan gradients and adapts the scale
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
         if stats:
             rec.layer_stats(step, st, snapshot, layers, norms)
@@ -442,7 +455,7 @@ def fit(job: Job, cfg: RunConfig, store: Path):
             break  # the step that diverged is not counted as done
         rec.state.step = step
         if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps:
-            save_checkpoint(ckpt, cfg, model, opt, rec, job.device)
+            save_checkpoint(ckpt, cfg, model, opt, rec, job.device, scaler)
     if diverged is not None:
         rec.diverge(max(step - 1, 0), diverged)
         print(f"{rec.tag} diverged: {diverged}", flush=True)

@@ -470,9 +470,9 @@ def k_probe(ev: Evidence, c: dict) -> list[Measure]:
 @kind("scale_trend", required={"treatment", "control"}, optional={"fit"}, unit="Δln m / Δln C")
 def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
     """Does an effect grow or shrink with scale: the slope of the compute multiplier's log against log compute
-    over a ladder's rungs (``workflows.ladder``: variants ``<arm>@<rung>``, each seed at its cross-fitted LR, the
-    baseline's curve refitted in every paired resample of seeds; the union of a jackknife Student-t and a BCa
-    interval). > 0: the treatment gains on the control as compute grows; 0: a constant multiplier."""
+    over a ladder's rungs (``workflows.ladder.local_trend``: variants ``<arm>@<rung>``; per seed, its paired local
+    multipliers against its own baseline, regressed on ln C; Student-t interval of the mean slope over seeds).
+    > 0: the treatment gains on the control as compute grows; 0: a constant multiplier."""
     from .. import ladder as lad
 
     if ev.runs is None or "rung" not in ev.runs.columns:
@@ -492,10 +492,13 @@ def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
     cs = lad.cells(both, spec, seeds)
     base = [cs[(c["control"], r)] for r in rungs if (c["control"], r) in cs]
     own = [cs[(c["treatment"], r)] for r in rungs if (c["treatment"], r) in cs]
-    tr = lad.trend(own, base, spec["fit"], len(seeds))
-    m = Measure(lr_choice="each seed at its cross-fitted LR per rung (the best LR of the other seeds)")
-    m.effect, m.lo, m.hi, m.n = tr["slope"], tr["slope_low"], tr["slope_high"], len(seeds)
-    m.notes.append(f"{spec['fit']} fit of the control over {len(base)} rungs; slope over rungs {tr['rungs_used'] or '—'}")
+    tr = lad.local_trend(own, base, seeds)
+    pilot = ev.lr_protocol == "pilot"
+    m = Measure(lr_choice="each (variant, rung) at the LR its pilot seeds chose" if pilot else
+                "each seed at its cross-fitted LR per rung (the best LR of the other seeds)")
+    m.effect, m.lo, m.hi, m.n = tr["slope"], tr["slope_low"], tr["slope_high"], tr["seeds"]
+    m.notes.append(f"paired local multipliers (each seed against its own baseline at the rung, over its local "
+                   f"slope between {len(base)} baseline rungs); per-seed slope over rungs {tr['rungs_used'] or '—'}")
     if tr.get("note"):
         m.notes.append(tr["note"])
     _need(m, "seeds", len(seeds), c["min_seeds"])

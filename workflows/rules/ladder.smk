@@ -4,7 +4,8 @@
 LADDER_FIGURES = ["ladder_curves", "compute_multiplier"]
 LADDER_OUTPUTS = []
 if GRID.ladder:
-    LADDER_OUTPUTS = [f"{RESULTS}/ladder.csv", f"{RESULTS}/ladder.md", f"{RESULTS}/ladder_trend.csv"] + [
+    LADDER_OUTPUTS = [f"{RESULTS}/ladder.csv", f"{RESULTS}/ladder.md", f"{RESULTS}/ladder_trend.csv",
+                      f"{RESULTS}/ladder_decisions.csv"] + [
         f"{FIGURES}/{name}.{fmt}" for name in LADDER_FIGURES for fmt in ("png", "pdf")]
 
     rule ladder:
@@ -17,6 +18,7 @@ if GRID.ladder:
             md=report(f"{RESULTS}/ladder.md", caption="../report/ladder.rst", category="Across scale",
                       labels={"ladder": "table", "format": "Markdown"}),
             trend=f"{RESULTS}/ladder_trend.csv",
+            decisions=f"{RESULTS}/ladder_decisions.csv",
             png=[report(f"{FIGURES}/{name}.png", caption="../report/ladder.rst", category="Across scale",
                         labels={"ladder": name, "format": "PNG"}) for name in LADDER_FIGURES],
             pdf=[f"{FIGURES}/{name}.pdf" for name in LADDER_FIGURES],
