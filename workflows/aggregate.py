@@ -86,6 +86,12 @@ def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict
     prov = m["provenance"]
     row.update(device=prov["device"], dtype=prov["dtype"], threads=prov["threads"], git_commit=prov["git_commit"],
                torch=prov["torch"], data_key=prov["data_key"], run_dir=str(run_dir))
+    # a shared GPU: the most other compute processes seen on it during the run (NaN: CPU, unknown, or an older run),
+    # and the job's share of its memory; tokens/s and MFU of a run with neighbours depend on them
+    neighbours = prov.get("gpu_neighbours") or {}
+    row["gpu_neighbours"] = float(neighbours["max"]) if neighbours.get("max") is not None else math.nan
+    fraction = prov.get("gpu_mem_fraction")
+    row["gpu_mem_fraction"] = float(fraction) if fraction is not None else math.nan
     tr = h[(h.kind == "train") & (h.metric == "loss")].sort_values("step")
     gn = h[(h.kind == "train") & (h.metric == "grad_norm")].sort_values("step")
     logit = h[(h.kind == "layer") & (h.metric == "attn_logit_max")]

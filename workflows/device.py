@@ -3,13 +3,15 @@
 
 Also the device-specific pieces of the training loop, so that the loop itself has no ``if cuda``:
 ``StepClock`` (per-step seconds without a per-step host sync on an accelerator), peak-memory reset
-and read-out per run, and the per-job memory cap on a shared GPU."""
+and read-out per run, the per-job memory cap on a shared GPU, and how many other processes share it."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -277,6 +279,70 @@ def cap_memory(device: torch.device, budget_mb: float | None) -> float | None:
     fraction = min(1.0, budget_mb / total_mb)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction
+
+
+# ---- sharing: the other compute processes on a run's GPU --------------------------------------------
+_NVML_PROCESS = re.compile(r"^process\s+(\d+)\s+uses", re.M)
+
+
+def _nvml_pids(device: torch.device) -> list[int] | None:
+    """PIDs of the compute processes NVML lists on ``device`` (torch.cuda.list_gpu_processes, which needs
+    pynvml); None without pynvml or a readable listing."""
+    try:
+        import pynvml  # noqa: F401  (torch.cuda.list_gpu_processes imports it; its absence is a string there)
+    except ImportError:
+        return None
+    try:
+        text = torch.cuda.list_gpu_processes(device)
+    except Exception:  # noqa: BLE001 - NVML errors of any kind: unknown
+        return None
+    if not text.startswith("GPU:"):
+        return None
+    return [int(p) for p in _NVML_PROCESS.findall(text)]
+
+
+def _smi_pids(device: torch.device) -> list[int] | None:
+    """PIDs of the compute processes nvidia-smi lists on the GPU whose UUID torch reports for ``device``."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(device).uuid).lower().removeprefix("gpu-")
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError, RuntimeError, AttributeError, AssertionError):
+        return None
+    if out.returncode != 0 or not uuid:
+        return None
+    pids = []
+    for line in out.stdout.splitlines():
+        gpu, _, pid = (x.strip() for x in line.partition(","))
+        if pid.isdigit() and gpu.lower().removeprefix("gpu-") == uuid:
+            pids.append(int(pid))
+    return pids
+
+
+def gpu_neighbours(device: torch.device) -> int | None:
+    """How many other compute processes run on ``device``'s GPU now: the processes NVML lists there
+    (through torch.cuda.list_gpu_processes where pynvml is installed, else ``nvidia-smi
+    --query-compute-apps``) minus this one. None on the CPU and when nothing lists them, or lists none:
+    this process holds a CUDA context, so an empty list means the listing cannot see processes (a container's
+    PID namespace can hide them). Without MPS, processes on one GPU take turns: a run's tokens/s and MFU
+    then depend on them."""
+    if device.type != "cuda":
+        return None
+    pids = _nvml_pids(device)
+    if pids is None:
+        pids = _smi_pids(device)
+    if not pids:
+        return None
+    return len(pids) - 1  # this process is one of them (under another PID inside a container)
+
+
+def neighbour_summary(samples: list) -> dict | None:
+    """A run's ``gpu_neighbours`` samples (at its start, each evaluation and its end) as {"start", "end",
+    "max", "samples", "known"}: None when no sample was known (the CPU, or no process listing)."""
+    known = [int(s) for s in samples if s is not None]
+    if not known:
+        return None
+    return {"start": samples[0], "end": samples[-1], "max": max(known), "samples": len(samples), "known": len(known)}
 
 
 def main(argv=None):

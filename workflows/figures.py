@@ -576,7 +576,7 @@ def fig_throughput(d: Data):
     else:
         ax.set_xlabel("training throughput (tokens/s)")
         title = f"Throughput (no timed {d.baseline!r} run: absolute tokens/s)"
-    ax.set_title("grid jobs, which shared the machine with other jobs: reported, not judged", fontsize=9)
+    ax.set_title("grid jobs, which shared the machine (or a GPU) with other jobs: reported, not judged", fontsize=9)
     fig.suptitle(f"{title}\nbar: median over runs (all LRs and seeds) with its distribution-free 95% "
                  "order-statistic interval (none below 6 runs); dots: runs", fontsize=11)
     fig.tight_layout()

@@ -11,7 +11,9 @@ by rep. The pipeline runs it as a job that takes every core, so nothing else run
 tokens (throughput does not depend on the data); the step is what a training step does: forward, cross-entropy
 (+ z-loss when the run has it), backward, clipping, AdamW, in the training loop's regime (``regime``): its
 autocast dtype and its compile setting (on CUDA by default bf16 autocast and torch.compile; fp32 eager on
-the CPU), so a GPU's speed claims are judged on the kernels the runs use. Each row records the regime.
+the CPU), so a GPU's speed claims are judged on the kernels the runs use. Each row records the regime, and
+``gpu_neighbours``: the other compute processes on the GPU at the start of its rep (workflows.device; NaN on the
+CPU or where no listing is available); the speed claims do not judge a bench that shared its GPU.
 """
 from __future__ import annotations
 
@@ -103,13 +105,15 @@ def measure(runs: dict, reps: int = 7, steps: int = 20, warmup: int = 5, device:
             s.step()
     names, rows = list(steppers), []
     for rep in range(reps):
+        shared = dev.gpu_neighbours(dv)  # other compute processes on the GPU this rep (None: CPU, or unknown)
         for v in names[rep % len(names):] + names[:rep % len(names)]:
             s = steppers[v]
             rows.append({"variant": v, "rep": rep, "tokens_per_s": s.tokens_per_s(steps), "steps": steps,
                          "batch_size": s.cfg.train.batch_size, "context_length": s.cfg.model.context_length,
                          "params": sum(p.numel() for p in s.model.parameters()), "device": dev.device_name(dv),
                          "threads": torch.get_num_threads(),
-                         "dtype": str(s.regime["dtype"]).removeprefix("torch."), "compiled": s.regime["compiled"]})
+                         "dtype": str(s.regime["dtype"]).removeprefix("torch."), "compiled": s.regime["compiled"],
+                         "gpu_neighbours": float("nan") if shared is None else float(shared)})
     return pd.DataFrame(rows)
 
 
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
     runs = json.loads(args.runs_json)
     if not runs:
         df = pd.DataFrame(columns=["variant", "rep", "tokens_per_s", "steps", "batch_size", "context_length",
-                                   "params", "device", "threads", "dtype", "compiled"])
+                                   "params", "device", "threads", "dtype", "compiled", "gpu_neighbours"])
     else:
         df = measure(runs, args.reps, args.steps)
     write_parquet(args.out, df)

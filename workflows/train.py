@@ -248,6 +248,7 @@ class Job:
         self.model_cfg, self.model, self.fwd, self.loss_fn, self.compiled = None, None, None, None, False
         self.val_cache: dict = {}  # (context, eval_windows, batch_size, fixed shape) -> evaluation batches
         self.offsets, self.offsets_key = None, None  # a run's window starts, on the device (CUDA)
+        self.neighbours: list = []  # a run's samples of the other compute processes on its GPU (None: CPU/unknown)
 
     def model_for(self, cfg: RunConfig):
         """The job's model with freshly drawn weights for ``cfg.seed`` (rebuilt only if the architecture
@@ -268,8 +269,10 @@ class Job:
         return self.model, self.fwd
 
     def begin_run(self, cfg: RunConfig) -> None:
-        """Per run: reset the peak-memory window; on CUDA move the run's batch offsets to the device once."""
+        """Per run: reset the peak-memory window and the GPU-sharing samples (the first taken now); on CUDA
+        move the run's batch offsets to the device once."""
         dev.reset_peak_memory(self.device)
+        self.neighbours = [dev.gpu_neighbours(self.device)]
         if isinstance(self.train_tokens, torch.Tensor):
             tc, T = cfg.train, cfg.model.context_length
             key = (cfg.seed, tc.steps, tc.batch_size, T)
@@ -399,6 +402,7 @@ def load_checkpoint(path: Path, cfg: RunConfig, model, opt, rec: Recorder, devic
 def validate(job: Job, cfg: RunConfig, rec: Recorder, step: int, lr: float) -> str | None:
     """Evaluate, record, print the progress line; the divergence reason (non-finite loss) or None."""
     loss = job.evaluate(cfg)
+    job.neighbours.append(dev.gpu_neighbours(job.device))  # who shares the GPU, sampled at each evaluation
     reason = rec.val(step, loss)
     print(rec.progress(step, loss, lr), flush=True)
     return reason
@@ -464,10 +468,14 @@ def fit(job: Job, cfg: RunConfig, store: Path):
         rec.final_eval(job.evaluate(cfg, final=True), final["tokens"])
         print(f"{rec.tag} final val {rec.final_score['loss']:.4f} on {final['tokens']} tokens", flush=True)
     rec.close_segment()
+    job.neighbours.append(dev.gpu_neighbours(job.device))
     backend = getattr(COMPILE_BACKEND, "__name__", str(COMPILE_BACKEND)) if job.compiled else None
     extra = {"eval_batches": job.eval_batches(cfg)["record"], "final_eval_batches": job.eval_batches(cfg, True)["record"],
              "compile_backend": backend,
-             "gpu_mem_fraction": job.mem_fraction}
+             "gpu_mem_fraction": job.mem_fraction,
+             # other compute processes on this GPU at the start, each evaluation and the end of this segment:
+             # tokens/s and MFU of a run that shared it depend on them (None: CPU, or no process listing)
+             "gpu_neighbours": dev.neighbour_summary(job.neighbours)}
     metrics = rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data, extra)
     if custom_modules := custom.report(cfg.model):  # parity of the user's modules vs the built-ins they replace
         metrics["custom_modules"] = custom_modules  # (models/custom.py)

@@ -174,8 +174,11 @@ def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
 def k_speed_ratio(ev: Evidence, c: dict) -> list[Measure]:
     """Throughput treatment / control. Judged only on measurements taken side by side in one process
     (``Evidence.speed``: the same reps alternating between the variants, paired by rep; exponentiated
-    t interval of the mean log ratio). Grid runs' tokens/s come from jobs that shared the cores with
-    other jobs, so their ratio is reported and never judged."""
+    t interval of the mean log ratio), and only when nothing else computed on their GPU: a bench whose
+    ``gpu_neighbours`` (other compute processes on the GPU, sampled each rep) is above 0 took turns with
+    them, and is reported, never judged (NaN: the CPU, or no process listing). Grid runs' tokens/s come from
+    jobs that shared the cores, or a GPU (runs.csv's ``gpu_neighbours``), with other jobs, so their ratio is
+    reported and never judged."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
     m = Measure(lr_choice="throughput does not depend on the LR")
     sp = ev.speed
@@ -185,13 +188,19 @@ def k_speed_ratio(ev: Evidence, c: dict) -> list[Measure]:
         m.notes.append(f"side-by-side bench, {m.n} alternating reps")
         _need(m, "reps", m.n, c["min_seeds"])
         _device_check(m, c, a, b)
+        if "gpu_neighbours" in sp.columns:
+            seen = pd.concat([a.gpu_neighbours, b.gpu_neighbours]).astype(float)
+            seen = seen[np.isfinite(seen)]
+            if len(seen) and seen.max() > 0:
+                m.not_judged = (f"not judged: up to {int(seen.max())} other compute process(es) shared the GPU during "
+                                "the side-by-side bench (a shared GPU's throughput: reported, never judged)")
         m.params, m.tokens = scale_of(t, k)
         return [m]
     tv = {(int(s), float(lr)): v for s, lr, v in zip(t.seed, t.lr, t.tokens_per_s.astype(float))}
     kv = {(int(s), float(lr)): v for s, lr, v in zip(k.seed, k.lr, k.tokens_per_s.astype(float))}
     _ratio(tv, kv, c, m)
-    m.not_judged = ("not judged: tokens/s of grid jobs that shared the cores with other jobs (reported, never "
-                    "judged); the side-by-side speed bench judges it")
+    m.not_judged = ("not judged: tokens/s of grid jobs that shared the cores (or a GPU) with other jobs (reported, "
+                    "never judged); the side-by-side speed bench judges it")
     m.params, m.tokens = scale_of(t, k)
     return [m]
 

@@ -228,7 +228,8 @@ from workflows import device as dev
 out, kind = sys.argv[1], sys.argv[2]
 expected = dev.device_name(torch.device(kind))  # runs.parquet's `device`: the name workflows.measure records
 runs = pd.read_parquet(f"{out}/results/runs.parquet")
-print(runs[["variant", "seed", "lr", "final_val_loss", "tokens_per_s", "mfu", "peak_mem_mb", "device", "dtype"]].to_string())
+print(runs[["variant", "seed", "lr", "final_val_loss", "tokens_per_s", "mfu", "peak_mem_mb", "gpu_neighbours", "device",
+            "dtype"]].to_string())
 assert len(runs) == 4 and set(runs.variant) == {"baseline", "stress_softcap", "mqa", "mha"}, "expected 4 runs"
 assert (runs.device == expected).all(), f"runs not on {expected}: {sorted(set(runs.device))}"
 want = "bfloat16" if kind == "cuda" else "float32"
