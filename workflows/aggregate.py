@@ -83,6 +83,8 @@ def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict
               "diverged_step", "diverged_reason", "tokens_per_s", "mfu", "peak_mem_mb", "params",
               "nonembed_params", "flops_per_token", "tokens_seen", "wall_time_s", "peak_flops"):
         row[k] = m.get(k)
+    for k in ("mfu_datasheet", "peak_flops_datasheet"):  # NaN on a CPU, an unknown GPU, fp32, or an older run
+        row[k] = m[k] if m.get(k) is not None else math.nan
     prov = m["provenance"]
     row.update(device=prov["device"], dtype=prov["dtype"], threads=prov["threads"], git_commit=prov["git_commit"],
                torch=prov["torch"], data_key=prov["data_key"], run_dir=str(run_dir))

@@ -1,5 +1,6 @@
-"""Devices and their measured peak: MFU is reported against a sustained matmul rate measured once per
-(device name, dtype, torch version) and cached, never against a datasheet constant.
+"""Devices and their peaks: MFU is reported against a sustained matmul rate measured once per (device name,
+dtype, torch version) and cached; beside it, where the device is a known NVIDIA GPU and the run is bf16/fp16,
+against the datasheet's dense tensor-core peak (``datasheet_peak``; ``mfu_datasheet`` in a run's metrics).
 
 Also the device-specific pieces of the training loop, so that the loop itself has no ``if cuda``:
 ``StepClock`` (per-step seconds without a per-step host sync on an accelerator), peak-memory reset
@@ -191,6 +192,35 @@ def measure_peak(device: torch.device, dtype: torch.dtype, budget_s: float | Non
         products += iters
     return {"flops": statistics.median(rates), "n": n, "products_per_window": iters, "windows": repeats,
             "products": products, "seconds": round(clock() - t_begin, 4), "budget_s": budget_s}
+
+
+# NVIDIA's datasheet peaks for dense 16-bit (bf16 = fp16) tensor-core math, in FLOP/s: the datasheets print the
+# with-sparsity figure first (marked *), twice these. H100 SXM 989 (1,979*), PCIe 756 (1,513*), NVL 835 (1,671*):
+# "NVIDIA H100 Tensor Core GPU" datasheet (nvidia.com/en-us/data-center/h100/); H200 SXM 989 (1,979*), NVL 835
+# (1,671*): "NVIDIA H200 Tensor Core GPU" datasheet (nvidia.com/en-us/data-center/h200/); A100 (SXM and PCIe,
+# 40 and 80 GB) 312 (624*): "NVIDIA A100 Tensor Core GPU" datasheet (nvidia.com/en-us/data-center/a100/).
+# Matched against torch.cuda.get_device_name in order (the H100 SXM reports "NVIDIA H100 80GB HBM3").
+DATASHEET_BF16_DENSE = (
+    (re.compile(r"\bH100\b.*\bPCIe\b", re.I), 756e12, "NVIDIA H100 PCIe datasheet, bf16 dense"),
+    (re.compile(r"\bH100\b.*\bNVL\b", re.I), 835e12, "NVIDIA H100 NVL datasheet, bf16 dense"),
+    (re.compile(r"\bH100\b", re.I), 989e12, "NVIDIA H100 SXM datasheet, bf16 dense"),
+    (re.compile(r"\bH200\b.*\bNVL\b", re.I), 835e12, "NVIDIA H200 NVL datasheet, bf16 dense"),
+    (re.compile(r"\bH200\b", re.I), 989e12, "NVIDIA H200 SXM datasheet, bf16 dense"),
+    (re.compile(r"\bA100\b", re.I), 312e12, "NVIDIA A100 datasheet, bf16 dense"),
+)
+
+
+def datasheet_peak(name: str, dtype: torch.dtype) -> dict | None:
+    """The datasheet's dense bf16/fp16 tensor-core peak of a device named ``name`` (torch's device name), as
+    {"flops", "source"}, or None: a CPU, another GPU, or a run not in bf16/fp16 (the datasheets' fp32/TF32 peaks
+    are other numbers). MFU against it is the comparable-across-papers number; against the measured peak
+    (``peak_flops``) it is the share of what this machine's matmuls reach."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    for pattern, flops, source in DATASHEET_BF16_DENSE:
+        if pattern.search(name or ""):
+            return {"flops": flops, "source": source}
+    return None
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, **kw) -> float:

@@ -260,6 +260,7 @@ class Recorder:
         tps = st["timed_tokens"] / st["timed_seconds"] if st["timed_seconds"] > 0 else float("nan")
         fpt = flops_per_token(cfg.model, cfg.model.context_length)
         params = count_params(model)
+        sheet = dev.datasheet_peak(dev.device_name(device), dtype)  # None: CPU, another GPU, or not bf16/fp16
         return sanitize({
             "variant": cfg.variant, "seed": cfg.seed, "lr": tc.lr,
             "status": "diverged" if diverged else "ok",
@@ -285,6 +286,11 @@ class Recorder:
                                 "incl. the output projection",
             "peak_flops": peak["flops"], "peak_flops_source": peak["key"],
             "mfu": tps * fpt / peak["flops"] if math.isfinite(tps) else float("nan"),
+            "peak_flops_datasheet": sheet["flops"] if sheet else float("nan"),
+            "peak_flops_datasheet_source": sheet["source"] if sheet else None,
+            "mfu_datasheet": tps * fpt / sheet["flops"] if sheet and math.isfinite(tps) else float("nan"),
+            "mfu_note": "mfu: against peak_flops, the bf16/fp32 matmul rate measured on this device; mfu_datasheet: "
+                        "against the NVIDIA datasheet's dense bf16 peak (NaN: not a known GPU, or not bf16/fp16)",
             "peak_mem_mb": dev.peak_memory_mb(device),  # since this run began (workflows.device.reset_peak_memory)
             "params": params["total"], "nonembed_params": params["nonembed"],
             "tokens_seen": st["step"] * tc.batch_size * cfg.model.context_length,
