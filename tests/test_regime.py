@@ -119,8 +119,8 @@ def test_diverged_run_has_nan_final_loss_and_no_final_evaluation(corpus, work, t
     real_step = T.train_step
     calls = []
 
-    def poisoned(job, x, y, tc, stats_):
-        loss, s = real_step(job, x, y, tc, stats_)
+    def poisoned(job, x, y, tc, stats_, scaler=None):
+        loss, s = real_step(job, x, y, tc, stats_, scaler)
         calls.append(1)
         return (T.torch.tensor(float("nan")) if len(calls) > 3 else loss), s
 
@@ -567,7 +567,8 @@ def test_lrs_for_pilot_grid_uses_the_assigned_lr():
     for at in ("shared", "best"):
         lrs, how = ev.lrs_for(pd.DataFrame(t), {"at": at})
         assert lrs == {s: 0.03 for s in range(5)} and how == selection.describe("assigned")
-    assert ev.lrs_for(pd.DataFrame(t), {"at": "each"})[0] == {(s, 0.03): 0.03 for s in range(5)}  # untouched
+    # at: each too: two arms at different assigned LRs still pair by seed (e.g. a parameter-count ratio)
+    assert ev.lrs_for(pd.DataFrame(t), {"at": "each"})[0] == {s: 0.03 for s in range(5)}
     row = rows_of([BELOW0], t + k, lr_protocol="pilot").iloc[0]
     assert row.verdict == "holds" and row.effect == pytest.approx(-0.1) and row.n == 5
     assert "pilot seeds" in row.lr_choice

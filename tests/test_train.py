@@ -201,8 +201,8 @@ def test_nan_loss_is_recorded_as_divergence_not_raised(corpus, work, tmp_path, m
     real_step = T.train_step
     calls = []
 
-    def poisoned(job, x, y, tc, stats):
-        loss, st = real_step(job, x, y, tc, stats)
+    def poisoned(job, x, y, tc, stats, scaler=None):
+        loss, st = real_step(job, x, y, tc, stats, scaler)
         calls.append(1)
         return (torch.tensor(float("nan")) if len(calls) > 12 else loss), st
 

@@ -61,10 +61,10 @@ def test_recorded_weight_norm_equals_linalg_norm_at_that_step(corpus, work, tmp_
     seen = []  # the weights at each statistics step, before its update
     real = T.train_step
 
-    def spy(job, x, y, tc, stats):
+    def spy(job, x, y, tc, stats, scaler=None):
         if stats:
             seen.append({n: p.detach().clone() for n, p in job.model.named_parameters()})
-        return real(job, x, y, tc, stats)
+        return real(job, x, y, tc, stats, scaler)
 
     monkeypatch.setattr(T, "train_step", spy)
     T.train(T.RunConfig.from_dict(run_dict(corpus)), tmp_path / "run", work, threads=1)

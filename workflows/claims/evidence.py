@@ -73,7 +73,7 @@ class Evidence:
         chosen. ``at: shared`` on a grid without a ``compare_lr`` falls back to the cross-fitted best LR
         (and says so)."""
         mode = c.get("at", "shared")
-        if self.lr_protocol == "pilot" and mode in ("shared", "best"):  # one LR per variant: its pilot's choice
+        if self.lr_protocol == "pilot":  # one LR per variant and seed, its pilot's choice: pairs are by seed
             return selection.comparison_lrs(runs, "assigned"), selection.describe("assigned")
         if mode == "shared" and self.compare_lr is None:
             mode = "best"
