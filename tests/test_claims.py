@@ -250,9 +250,17 @@ def test_divergence_delta():
     check = {"kind": "divergence_delta", "treatment": "t", "control": "c", "interval": [-0.25, 0.25]}
     lrs = tuple(10.0 ** -k for k in range(1, 9))
     many = flat(2.0, n=5, lrs=lrs)  # 40 runs each
-    assert verdict(check, arm("t", many) + arm("c", many)) == "holds"
+    # nothing diverged on either side: the check cannot tell the arms apart (it used to "hold" by design)
+    assert verdict(check, arm("t", many) + arm("c", many)) == "not judged"
     assert verdict(check, arm("t", {lr: [None] * 5 for lr in lrs}) + arm("c", many)) == "contradicted"
-    assert verdict(check, arm("t", flat(2.0, n=3)) + arm("c", flat(2.0, n=3))) == "inconclusive"
+    top = {lr: ([None] * 5 if lr == lrs[0] else [2.0] * 5) for lr in lrs}  # both diverge at the top LR, every seed
+    assert verdict(check, arm("t", top) + arm("c", top)) == "holds"
+    two = (0.1, 0.01)  # one seed of three diverges at the top LR: per-seed rates 0.5, 0, 0 vs 0: too few seeds
+    assert verdict(check, arm("t", {0.1: [None, 2.0, 2.0], 0.01: [2.0] * 3}) + arm("c", flat(2.0, n=3, lrs=two))) \
+        == "inconclusive"
+    # matched LRs only: the treatment's extra LR (where it diverges) is not compared
+    extra = {**{lr: [2.0] * 5 for lr in lrs}, 1.0: [None] * 5}
+    assert verdict(check, arm("t", extra) + arm("c", top | {lrs[0]: [2.0] * 5})) == "not judged"
     assert verdict(check, arm("c", many)) == "not run"
 
 
@@ -451,7 +459,8 @@ def registry():
 
 
 def test_registry_has_every_claim_and_kind(registry):
-    assert [c["id"] for c in registry["claims"]] == ([f"C{i}" for i in range(1, 17)] + ["C19", "C17", "C18"]
+    assert [c["id"] for c in registry["claims"]] == ([f"C{i}" for i in range(1, 11)] + ["C8s", "C9s", "C10s"]
+                                                     + [f"C{i}" for i in range(11, 17)] + ["C19", "C17", "C18"]
                                                      + [f"H{i}" for i in range(1, 6)] + ["S1"]
                                                      + [f"L{i}" for i in range(1, 8)])
     kinds = {c["kind"] for cl in registry["claims"] for c in cl["checks"]}

@@ -399,7 +399,8 @@ def fig_loss_by_variant(d: Data):
     a1.set_ylim(n - 0.5, -0.5)
     a1.set_ylabel("")
     a1.set_xlabel(f"final validation loss ({LOSS})")
-    a1.set_title("at each variant's best LR η*\n◆ mean over seeds, 95% Student-t interval over seeds; ● one seed",
+    a1.set_title(("at the LR η* each variant's pilot chose" if d.grid.get("lr_protocol") == "pilot" else
+                  "at each variant's best LR η*") + "\n◆ mean over seeds, 95% Student-t interval over seeds; ● one seed",
                  fontsize=10)
     a2.set_xlabel(f"Δ final validation loss vs {d.baseline} ({LOSS}; < 0 is better)")
     delta_at = str(s.delta_at.dropna().iloc[0]) if "delta_at" in s.columns and s.delta_at.notna().any() else ""
@@ -645,7 +646,8 @@ def fig_loss_curves(d: Data):
     keys = [Line2D([], [], color="0.2", lw=1.6, label="train loss (running mean, mean over seeds)"),
             Line2D([], [], color="0.2", lw=1.2, ls="--", marker="o",
                    label="validation loss (mean, 95% Student-t interval over seeds)")] + _unigram_key(d)
-    fig.suptitle("Loss curves per ablation family, each variant at its best LR η* (baseline in every panel)",
+    fig.suptitle("Loss curves per ablation family, each variant at " + ("the LR η* its pilot chose"
+                 if d.grid.get("lr_protocol") == "pilot" else "its best LR η*") + " (baseline in every panel)",
                  fontsize=13)
     fig.tight_layout()
     fig.legend(handles=keys, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(keys), frameon=False, fontsize=9)
