@@ -523,27 +523,7 @@ def test_summarise_all_diverged_variant_is_not_past_the_trigram():
 # ================================================================================================
 # 8. claims
 # ================================================================================================
-NOISE = [0.004, -0.003, 0.001, -0.002, 0.0, 0.003]
-BASE = dict(init_loss=L0, tokens_per_s=1000.0, max_attn_logit=5.0, final_logz_mean=3.0, grad_spike_score=0.0,
-            params=10_000, nonembed_params=8_000, tokens_seen=50_000, device="AMD EPYC 7B13", attention="gqa",
-            norm="rmsnorm")
-
-
-def arm(variant, losses, **cols):
-    """Rows of one variant. losses: {lr: [final loss per seed, None = diverged]}; cols: constants or
-    callables (seed, lr) -> value."""
-    rows = []
-    for lr, vals in losses.items():
-        for seed, v in enumerate(vals):
-            row = {**BASE, "variant": variant, "seed": seed, "lr": lr, "diverged": v is None,
-                   "status": "diverged" if v is None else "ok", "final_val_loss": math.nan if v is None else v}
-            row.update({k: (c(seed, lr) if callable(c) else c) for k, c in cols.items()})
-            rows.append(row)
-    return rows
-
-
-def flat(value, n=5, lrs=(0.01,)):
-    return {lr: [value + NOISE[i] for i in range(n)] for lr in lrs}
+from test_claims import BASE, NOISE, arm, flat  # noqa: E402  (the claims tests' run-table fixtures)
 
 
 def registry(*checks) -> dict:
