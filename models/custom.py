@@ -96,7 +96,7 @@ def instantiate(field: str, value: str, args: tuple) -> nn.Module:
 
 def build_norm(value: str, dim: int, eps: float, bias: bool) -> nn.Module:
     module = instantiate("norm", value, (dim, eps, bias))
-    module.is_norm = True  # its parameters join the no-decay "norm" group (workflows/train.py)
+    module.is_norm = True  # its parameters join the no-decay "norm" group (workflows/train/loop.py)
     return module
 
 

@@ -1,6 +1,17 @@
-"""archbench's pipeline steps, in the order the data flows:
+"""archbench's pipeline, one sub-package per role, in the order the data flows:
 
-data → train → aggregate → figures → claims (with probes), plus the shared config schema.
-Each step is an importable module and a command (``python -m workflows.<step> --help``);
-the Snakemake rules in ``workflows/rules/`` call these commands.
+- ``grid``: what to run. A config expands into runs (variants × seeds × LRs, sweeps, the ladder's rungs); no torch.
+- ``data``: the corpus, tokenised once into memory-mapped token files, and the n-gram references on it.
+- ``train``: the training loop, the one training step every timed or profiled path calls, the per-layer statistics
+  it records, the device and its memory budget.
+- ``bench``: measurements beside the grid: side-by-side speed, KV-cached decoding, the operator profile, the
+  micro-benchmarks and the probes, all built on ``train``'s step.
+- ``analysis``: run records → tables: aggregate, flags, LR selection and the pilot, statistics, the ladder's
+  multipliers, replication.
+- ``plots``: every figure of the project: one style, one ``save``, one registry of names that the rules read.
+- ``claims``: the registry of published claims and the scorecard that judges them.
+
+A package may import the packages above it in this list and ``workflows.io`` (atomic writes), never one below it
+(``claims`` reads ``analysis`` and ``plots``). The Snakemake side keeps its conventions: ``rules/``, ``schemas/``,
+``profiles/``, ``report/``, ``cluster/``; each rule calls a command ``python -m workflows.<package>[.<module>]``.
 """

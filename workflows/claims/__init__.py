@@ -14,9 +14,9 @@ The package, one job a module:
   that give "not run" / "not judged: degenerate";
 - ``kinds``: the ``@kind`` evaluator registry (a kind's keys, unit and function in one place);
 - ``scorecard``: evaluate every check, write claims.csv / claims.md (the forest figure is
-  ``workflows.figures.claims_forest``).
+  ``workflows.plots.figures.claims_forest``).
 
-LR choice and the capped score come from ``workflows.selection``, intervals from ``workflows.stats``.
+LR choice and the capped score come from ``workflows.analysis.selection``, intervals from ``workflows.analysis.stats``.
 """
 from .evidence import Evidence, NotRun, same
 from .kinds import GPU_NAME, KINDS, Kind, kind

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .. import selection, stats
+from workflows.analysis import selection
+from workflows.analysis import stats
 
 # Degeneracy floors (stated in config/claims.yaml's header): an arm below them carries no verdict.
 FLOORS = {
@@ -34,7 +35,7 @@ class Evidence:
     floors: dict = field(default_factory=lambda: dict(FLOORS))
     tables: dict = field(default_factory=dict)  # other measured tables by name (``--table NAME=PATH``): ladder, decode...
     lr_protocol: str = ""  # grid.json's: "pilot" (each variant at its assigned LR), "shared", "crossfit"
-    ngram: dict | None = None  # n-gram references on the evaluation tokens (workflows.ngram): the trigram guard
+    ngram: dict | None = None  # n-gram references on the evaluation tokens (workflows.data.ngram): the trigram guard
 
     def table(self, name: str) -> pd.DataFrame:
         """Measured table ``name`` (e.g. the ladder's or the decode bench's); NotRun when this run has none."""

@@ -2,7 +2,7 @@
 
 One registry, ``KINDS``, in the shape of the ``models/`` registries: a kind's registry keys, its unit and
 its function are declared together by ``@kind``; the registry loader validates checks against it, and a new
-kind is one decorated function here. Intervals (``workflows.stats``): a Student-t interval over seeds for
+kind is one decorated function here. Intervals (``workflows.analysis.stats``): a Student-t interval over seeds for
 means (over the seed-paired differences where both sides share seeds, Welch's t where none is shared; on
 the log scale for ratios); Bonferroni-adjusted per-depth t intervals for a probe value reduced over depths;
 the union of a jackknife t interval and a BCa bootstrap over seeds for statistics of seed-mean curves
@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .. import selection, stats
-from ..scale import human, scale_of
+from workflows.analysis import selection
+from workflows.analysis import stats
+from workflows.analysis.scale import human, scale_of
 from .evidence import Evidence, NotRun
 from .verdict import Measure
 
@@ -211,7 +212,7 @@ DECODE_MAX_SHARED = 0.1  # a CPU decode bench is judged only when other processe
 @kind("decode_ratio", required={"treatment", "control", "batch_size", "context"}, optional={"device", "max_shared"},
       unit="ratio", log_scale=True, metric="tokens_per_s")
 def k_decode_ratio(ev: Evidence, c: dict) -> list[Measure]:
-    """Decode tokens/s of attention arm ``treatment`` / arm ``control`` (mha, gqa, mqa of workflows/decode.py)
+    """Decode tokens/s of attention arm ``treatment`` / arm ``control`` (mha, gqa, mqa of workflows/bench/decode.py)
     at one batch size and context, from the side-by-side decode bench (``ev.tables["decode"]``): the arms
     ran in turn within each rep, so they pair by rep; geometric-mean ratio with the exponentiated t interval
     of the mean log ratio (``stats.ratio_ci``). As for the speed checks, only a bench that had the cores to
@@ -479,10 +480,10 @@ def k_probe(ev: Evidence, c: dict) -> list[Measure]:
 @kind("scale_trend", required={"treatment", "control"}, optional={"fit"}, unit="Δln m / Δln C")
 def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
     """Does an effect grow or shrink with scale: the slope of the compute multiplier's log against log compute
-    over a ladder's rungs (``workflows.ladder.local_trend``: variants ``<arm>@<rung>``; per seed, its paired local
+    over a ladder's rungs (``workflows.analysis.ladder.local_trend``: variants ``<arm>@<rung>``; per seed, its paired local
     multipliers against its own baseline, regressed on ln C; Student-t interval of the mean slope over seeds).
     > 0: the treatment gains on the control as compute grows; 0: a constant multiplier."""
-    from .. import ladder as lad
+    from workflows.analysis import ladder as lad
 
     if ev.runs is None or "rung" not in ev.runs.columns:
         raise NotRun("the grid has no ladder (config/ladder.yaml trains every variant at every rung)")
@@ -552,7 +553,7 @@ def k_probe_delta(ev: Evidence, c: dict) -> list[Measure]:
 
 @kind("profile_share", required={"variant", "op_class", "stat"}, optional={"control"}, unit="ratio")
 def k_profile_share(ev: Evidence, c: dict) -> list[Measure]:
-    """An operator class's share of one training step (``Evidence.table('op_profile')``, workflows.opprofile):
+    """An operator class's share of one training step (``Evidence.table('op_profile')``, workflows.bench.opprofile):
     stat ``time_over_flops`` — its time share over its FLOP share in ``variant``; ``time_share_ratio`` — its time
     share in ``variant`` over that in ``control``. One profiled pass per variant has no interval over seeds, so the
     value is reported and never judged."""

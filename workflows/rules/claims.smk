@@ -1,10 +1,10 @@
 # Claims: probes (measurements that are not training runs) and the replication scorecard.
-#   results/probes/<probe>.parquet  one job per probe of the registry (workflows.probes)
+#   results/probes/<probe>.parquet  one job per probe of the registry (workflows.bench.probes)
 #   results/claims.csv, .md, figures/claims.png/.pdf  verdict per check (workflows.claims)
-#   results/replication.csv, .md     with replicate_of: PATH, this run's verdicts against PATH's (workflows.replicate)
+#   results/replication.csv, .md     with replicate_of: PATH, this run's verdicts against PATH's (workflows.analysis.replicate)
 import yaml as _yaml
 
-from workflows.stats import BOOTSTRAP_SEED as _BOOT_SEED  # noqa: E402
+from workflows.analysis.stats import BOOTSTRAP_SEED as _BOOT_SEED  # noqa: E402
 
 CLAIMS_CFG = config.get("claims") or {}
 CLAIMS_REGISTRY = repo_path(CLAIMS_CFG.get("registry", "config/claims.yaml"))
@@ -28,7 +28,7 @@ CLAIM_TABLES = {**({"decode": f"{RESULTS}/decode.parquet"} if config.get("decode
 
 
 rule speed:
-    """Side-by-side throughput of the variants the speed claims compare (workflows.speed): one job that takes
+    """Side-by-side throughput of the variants the speed claims compare (workflows.bench.speed): one job that takes
     every core, so no other job runs beside it; torch uses the grid's per-job threads."""
     output:
         SPEED_TABLE,
@@ -44,7 +44,7 @@ rule speed:
         reps=int((config.get("speed") or {}).get("reps", 7)),
         steps=int((config.get("speed") or {}).get("steps", 20)),
     shell:
-        "python -m workflows.speed --runs-json {params.runs} --out {output} --reps {params.reps}"
+        "python -m workflows.bench.speed --runs-json {params.runs} --out {output} --reps {params.reps}"
         " --steps {params.steps} --threads {params.torch_threads} > {log} 2>&1"
 
 
@@ -68,7 +68,7 @@ rule probe:
         arms=lambda w: shlex.quote(json.dumps(PROBE_SPECS[w.probe].get("arms") or {}, sort_keys=True)),
         work=lambda w, input: work_of(input.data),
     shell:
-        "python -m workflows.probes --probe {wildcards.probe} --config-json {params.cfg} --arms-json {params.arms}"
+        "python -m workflows.bench.probes --probe {wildcards.probe} --config-json {params.cfg} --arms-json {params.arms}"
         " --out {output} --work {params.work} --threads {threads} > {log} 2>&1"
 
 
@@ -136,4 +136,4 @@ if REPLICATE_OF:
             original=lambda w, input: os.path.dirname(input.original),  # replicate_of
             results=lambda w, input: os.path.dirname(input.replicate),  # RESULTS
         shell:
-            "python -m workflows.replicate {params.original} {params.results} --out {params.results} > {log} 2>&1"
+            "python -m workflows.analysis.replicate {params.original} {params.results} --out {params.results} > {log} 2>&1"

@@ -19,15 +19,15 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.json")
 
-from workflows.grid import Grid, lr_label  # noqa: E402
-from workflows.data import DataConfig  # noqa: E402
-from workflows.probes import offset_probe_seeds  # noqa: E402
+from workflows.grid.grid import Grid, lr_label  # noqa: E402
+from workflows.data.corpus import DataConfig  # noqa: E402
+from workflows.bench.probes import offset_probe_seeds  # noqa: E402
 
 try:
     GRID = Grid.from_config(config)
 except ValueError as e:  # ConfigError / DataError: name the field, run nothing
     raise WorkflowError(f"invalid config: {e}") from None
-# seed_offset shifts the probes' seeds too (claims.probes.seeds, default workflows.probes.DEFAULT_SEEDS)
+# seed_offset shifts the probes' seeds too (claims.probes.seeds, default workflows.bench.probes.DEFAULT_SEEDS)
 if GRID.seed_offset:
     config["claims"] = {**(config.get("claims") or {})}
     config["claims"]["probes"] = offset_probe_seeds((config["claims"].get("probes") or {}), GRID.seed_offset)

@@ -44,7 +44,7 @@ rule peak_flops:
     conda:
         "../../environment.yml"
     shell:
-        "python -m workflows.device --out {output} --threads {threads} > {log} 2>&1"
+        "python -m workflows.train.device --out {output} --threads {threads} > {log} 2>&1"
 
 
 NGRAM = f"{RESULTS}/ngram.json"
@@ -53,7 +53,7 @@ NGRAM_CONTEXT = GRID.run_config(GRID.baseline, GRID.variant_seeds(GRID.baseline)
 
 
 rule ngram:
-    """Smoothed n-gram references (unigram, bigram, trigram, 5-gram; workflows.ngram) fitted on the training
+    """Smoothed n-gram references (unigram, bigram, trigram, 5-gram; workflows.data.ngram) fitted on the training
     split and scored on the targets the runs' final score uses (every window of the validation split)."""
     input:
         DATA_META,
@@ -68,5 +68,5 @@ rule ngram:
     conda:
         "../../environment.yml"
     shell:
-        "python -m workflows.ngram --data-json {params.data} --work {params.work} --context {params.context}"
+        "python -m workflows.data.ngram --data-json {params.data} --work {params.work} --context {params.context}"
         " --out {output} > {log} 2>&1"

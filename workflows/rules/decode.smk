@@ -1,5 +1,5 @@
 # Decode: with `decode:` in the config, KV-cached decoding speed of MHA / GQA / MQA measured side by side in one
-# job that takes every core (workflows.decode): results/decode.parquet (tokens/s and KV-cache bytes per arm × rep ×
+# job that takes every core (workflows.bench.decode): results/decode.parquet (tokens/s and KV-cache bytes per arm × rep ×
 # batch × context) and figures/decode.png/.pdf. Nothing without a `decode:` mapping (`decode: {}` = the defaults).
 DECODE_CFG = config.get("decode")
 DECODE_OUTPUTS = []
@@ -23,11 +23,11 @@ if DECODE_CFG is not None:
             reps=int(DECODE_CFG.get("reps", 5)),
             steps=int(DECODE_CFG.get("steps", 8)),
             model=shlex.quote(json.dumps(config.get("model") or {}, sort_keys=True)),
-            # decode.model: fields over the grid's model (default: workflows.decode.DECODE_SCALE)
+            # decode.model: fields over the grid's model (default: workflows.bench.decode.DECODE_SCALE)
             overrides=(f"--overrides-json {shlex.quote(json.dumps(DECODE_CFG['model'], sort_keys=True))}"
                        if DECODE_CFG.get("model") is not None else ""),
         shell:
-            "python -m workflows.decode --out {output} --batch {params.batch} --context {params.context}"
+            "python -m workflows.bench.decode --out {output} --batch {params.batch} --context {params.context}"
             " --reps {params.reps} --steps {params.steps} --model-json {params.model} {params.overrides}"
             " --threads {threads} > {log} 2>&1"
 
@@ -46,4 +46,4 @@ if DECODE_CFG is not None:
         params:
             out=lambda w, output: os.path.dirname(output.png),  # FIGURES
         shell:
-            "python -m workflows.decode --plot {input} --figures {params.out} > {log} 2>&1"
+            "python -m workflows.bench.decode --plot {input} --figures {params.out} > {log} 2>&1"

@@ -1,5 +1,5 @@
 # Ladder: with `ladder:` in the config, every variant trains at every rung (<variant>@<rung>); this rule turns
-# the run table into the compute multipliers (workflows.ladder): results/ladder.csv/.md, ladder_trend.csv and
+# the run table into the compute multipliers (workflows.analysis.ladder): results/ladder.csv/.md, ladder_trend.csv and
 # the figures ladder_curves and compute_multiplier. Nothing without a ladder.
 LADDER_FIGURES = ["ladder_curves", "compute_multiplier"]
 LADDER_OUTPUTS = []
@@ -30,5 +30,5 @@ if GRID.ladder:
             out=lambda w, output: os.path.dirname(output.csv),  # RESULTS
             figures=lambda w, output: os.path.dirname(output.png[0]),  # FIGURES
         shell:
-            "python -m workflows.ladder --runs {input.runs} --grid {input.grid} --out {params.out}"
+            "python -m workflows.analysis.ladder --runs {input.runs} --grid {input.grid} --out {params.out}"
             " --figures {params.figures} --data-meta {input.data_meta} > {log} 2>&1"

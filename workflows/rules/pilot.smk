@@ -1,6 +1,6 @@
 # LR pilot: with `lr_pilot: {seeds: [...]}` in the config, each variant with several candidate LRs first trains
 # every (pilot seed, candidate LR) in its pilot job (RESULTS/pilot/<variant>/seed<s>/lr<lr>/); rule assign_lrs
-# turns them into RESULTS/lr_assignment.json (workflows.pilot: the candidate with the lowest mean capped loss) and
+# turns them into RESULTS/lr_assignment.json (workflows.analysis.pilot: the candidate with the lowest mean capped loss) and
 # pilot_runs.csv; the evaluation jobs (rule train) then train their seeds at the assigned LR only. Nothing
 # without an lr_pilot.
 LR_ASSIGNMENT = f"{RESULTS}/lr_assignment.json"
@@ -55,4 +55,4 @@ if GRID.lr_pilot is not None:
         params:
             out=lambda w, output: os.path.dirname(output.assignment),  # RESULTS
         shell:
-            "python -m workflows.pilot --grid {input.grid} --runs {input.jobs} --out {params.out} > {log} 2>&1"
+            "python -m workflows.analysis.pilot --grid {input.grid} --runs {input.jobs} --out {params.out} > {log} 2>&1"

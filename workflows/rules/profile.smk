@@ -1,4 +1,4 @@
-# Operator profile: where the time of a training step goes, by operator class (workflows.opprofile).
+# Operator profile: where the time of a training step goes, by operator class (workflows.bench.opprofile).
 #   results/op_profile.parquet, .md, figures/op_profile.png/.pdf   with a `profile:` mapping in the config:
 #       profile: {variants: [baseline, layernorm], steps: 5}
 # One job, alone on the machine (threads: every core), profiles one training step of each named grid variant
@@ -35,5 +35,5 @@ if PROFILE_OUTPUTS:
             steps=int(PROFILE_CFG.get("steps", 5)),
             torch_threads=int(config.get("threads", 1)),
         shell:
-            "python -m workflows.opprofile --variants-json {params.runs} --out {output.table} --md {output.md}"
+            "python -m workflows.bench.opprofile --variants-json {params.runs} --out {output.table} --md {output.md}"
             " --figure {output.png} --steps {params.steps} --threads {params.torch_threads} > {log} 2>&1"

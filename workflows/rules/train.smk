@@ -1,10 +1,10 @@
-# Train: one job per variant trains all its (seed, LR) runs in one process (workflows.train.run_job)
+# Train: one job per variant trains all its (seed, LR) runs in one process (workflows.train.loop.run_job)
 # and writes each to results/runs/<variant>/seed<s>/lr<lr>/ (metrics.json, history.parquet,
 # config.yaml). Runs train in stores under WORK/runs/ that outlive a cut-off job, so a killed grid
 # resumes without retraining a finished run. A diverged run is a successful run with a result.
 # Jobs with more training steps start first (priority), which balances the cores at the end of a grid.
 # No run is trained twice: a run identical to an earlier variant's (same model, data, train, lr, seed;
-# workflows.grid.Grid.owner) is not in this variant's job, and a variant whose runs all are shared has
+# workflows.grid.grid.Grid.owner) is not in this variant's job, and a variant whose runs all are shared has
 # no train job (aggregate reads the shared runs from the variant that trained them).
 
 

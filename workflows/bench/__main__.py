@@ -1,0 +1,3 @@
+from workflows.bench.micro import main
+
+main()

@@ -1,0 +1,3 @@
+from workflows.data.corpus import main
+
+main()

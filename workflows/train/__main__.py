@@ -1,0 +1,5 @@
+import sys
+
+from workflows.train.loop import main
+
+sys.exit(main())
