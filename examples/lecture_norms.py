@@ -6,7 +6,7 @@ The notes write LayerNorm as ``(x - mean) / (x.std(-1, keepdim=True) + eps) * g 
 standard deviation (``torch.std``'s default, correction=1) with eps added *outside* the square root.
 ``torch.nn.LayerNorm`` uses the biased variance with eps inside: ``(x - mean) / sqrt(var + eps)``. The two
 differ by the factor sqrt((d - 1) / d) on an ordinary input (about 0.8% at d = 64) and by much more on a
-low-variance input, where eps dominates differently; ``models.custom.parity`` measures both, and every run
+low-variance input, where eps dominates differently; ``models.parity.parity`` measures both, and every run
 of a variant using it writes that report into its metrics.json (``custom_modules``).
 
 The interface of a norm (models/custom.py): ``cls(dim, eps, bias)``, ``forward(x)`` returns x's shape, and

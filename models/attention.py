@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import choices
 from .norms import make_norm
 from .positions import Rotary
 
@@ -28,11 +29,11 @@ except ImportError:  # older torch
     create_block_mask = flex_attention = None
 
 # attn_scale -> the factor on q·kᵀ given the head dimension d_k
-ATTN_SCALES = {
+ATTN_SCALES = choices.implements(choices.ATTN_SCALES, {
     "inv_sqrt_d": lambda d: 1.0 / math.sqrt(d),
     "inv_d": lambda d: 1.0 / d,
     "none": lambda d: 1.0,
-}
+})
 
 FLEX = "auto"  # auto: flex for soft-capped attention on CUDA without dropout | on | off (tests)
 _compiled_flex = None
@@ -161,7 +162,7 @@ class Attention(nn.Module):
 
         mask = create_block_mask(_causal, None, None, T, T, device=q.device)
         # contiguous inputs: with v a strided view of the fused qkv projection and RoPE'd q, k, inductor's
-        # flex kernel (torch 2.13, CPU) returned wrong values; tests/test_gpu_path.py checks it compiled
+        # flex kernel (torch 2.13, CPU) returned wrong values; tests/train/test_gpu_path.py checks it compiled
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return _flex_fn(q)(q, k, v, score_mod=score_mod, block_mask=mask, scale=self.scale,
                            enable_gqa=self.n_kv != self.n_heads)

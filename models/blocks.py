@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import choices
 from .attention import Attention
+from .choices import BLOCKS, FINAL_NORM  # noqa: F401  (declared in models/choices.py)
 from .custom import build_attention
 from .ffn import GLU, make_ffn
 from .norms import make_norm
@@ -74,9 +76,8 @@ class ReorderedNorm(nn.Module):
         return self.skip(x) + self.norm(self.f(x, rec, cache))
 
 
-NORM_POSITIONS = {"pre": PreNorm, "post": PostNorm, "sandwich": SandwichNorm, "reordered": ReorderedNorm}
-# positions whose residual stream is not normalised at the end of the stack get a final norm
-FINAL_NORM = {"pre": True, "post": False, "sandwich": True, "reordered": True}
+NORM_POSITIONS = choices.implements(choices.NORM_POSITIONS, {"pre": PreNorm, "post": PostNorm, "sandwich": SandwichNorm,
+                                                          "reordered": ReorderedNorm})
 
 
 class FFN(nn.Module):
@@ -135,5 +136,3 @@ class Block(nn.Module):
                 rec.setdefault("residual", []).append((site, x.detach()))
         return x
 
-
-BLOCKS = ("serial", "parallel")

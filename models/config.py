@@ -1,11 +1,14 @@
 """``ModelConfig``: the single source of truth for a variant's architecture.
 
-Every architecture axis is one field. Allowed values are taken from the module that implements
-the axis (``NORMS`` in norms.py, ``FFNS`` in ffn.py, ...), so adding a value is a local change there.
+Every architecture axis is one field. Allowed values are declared in models/choices.py (``NORMS``, ``FFNS``,
+...), which the module implementing each axis reads too, so adding a value is a change there and in that module.
 Invalid values and combinations are rejected at construction with a ``ConfigError`` naming the
 field and the allowed values. ``norm``, ``ffn`` and ``attention_module`` also take a user's class,
 ``"module.path:ClassName"``: it is imported and tried on a small input here (models/custom.py), so a bad
 one fails when the grid is built, before any job runs.
+
+Without a user class this module imports no torch (the grid, parsed by Snakemake, builds every run's config):
+models/custom.py, and with it torch, is imported only when a config names a user class.
 """
 from __future__ import annotations
 
@@ -13,77 +16,11 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from .attention import ATTN_SCALES
-from . import custom
-from .blocks import BLOCKS, FINAL_NORM, NORM_POSITIONS
-from .ffn import FFNS, is_gated
-from .init import INITS
-from .norms import NORMS
-from .positions import POSITIONS
-
-
-class ConfigError(ValueError):
-    """A config field has an invalid value; the message names the field and what is allowed."""
-
-
-def check_types(obj, error: type[Exception] = ConfigError) -> None:
-    """Check every field of a (``from __future__ import annotations``) dataclass against its
-    annotation: int, float, bool, str, list, and ``X | None``. Raises ``error`` naming the field."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        kind = f.type.replace(" | None", "")
-        optional = "None" in f.type
-        if value is None:
-            if optional:
-                continue
-            raise error(f"{f.name} may not be null")
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-        }.get(kind.split("[")[0], True)
-        if kind.startswith(("list", "tuple")):
-            ok = isinstance(value, (list, tuple))
-        if not ok:
-            raise error(f"{f.name}={value!r} must be of type {kind}{' or null' if optional else ''}")
-        if kind == "float" and not math.isfinite(value):
-            raise error(f"{f.name}={value!r} must be finite")
-
-
-def from_mapping(cls, d, error: type[Exception] = ConfigError, what: str = "config"):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise error(f"the {what} must be a mapping, got {type(d).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise error(f"unknown {what} field(s) {unknown}; allowed fields: {sorted(known)}")
-    d = dict(d)
-    for f in fields(cls):  # YAML 1.1 reads 3e-3 as a string: accept numeric strings for floats
-        if f.type.startswith("float") and isinstance(d.get(f.name), str):
-            try:
-                d[f.name] = float(d[f.name])
-            except ValueError:
-                raise error(f"{f.name}={d[f.name]!r} must be a number") from None
-    return cls(**d)
-
-
-# field name -> allowed values, for every categorical axis
-CHOICES: dict[str, tuple[str, ...]] = {
-    "norm_position": tuple(NORM_POSITIONS),
-    "norm": tuple(NORMS),
-    "ffn": tuple(FFNS),
-    "block": tuple(BLOCKS),
-    "position": tuple(POSITIONS),
-    "init": tuple(INITS),
-    "attn_scale": tuple(ATTN_SCALES),
-}
+from .checks import ConfigError, check_types, from_mapping  # noqa: F401  (models.config.ConfigError: the same class)
+from .choices import CHOICES, FINAL_NORM, USER_FIELDS, is_custom, is_gated
 
 CUSTOM_FIELDS = ("norm", "ffn")  # categorical axes that also take a user class "module.path:ClassName"
 # fields added after results were published: left out of the fingerprint at their default (None), so
@@ -93,7 +30,7 @@ UNHASHED_DEFAULTS = ("final_norm", "attention_module")
 
 def _label(value: str) -> str:
     """A path-safe word for an axis value: a user class "pkg.mod:Class" -> "Class"."""
-    return value.rsplit(":", 1)[1] if custom.is_custom(value) else value
+    return value.rsplit(":", 1)[1] if is_custom(value) else value
 
 
 @dataclass(frozen=True)
@@ -137,10 +74,10 @@ class ModelConfig:
                 object.__setattr__(self, f.name, float(value))
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
-            if value not in allowed and not (name in CUSTOM_FIELDS and custom.is_custom(value)):
+            if value not in allowed and not (name in CUSTOM_FIELDS and is_custom(value)):
                 own = " or your own class as 'module.path:ClassName'" if name in CUSTOM_FIELDS else ""
                 raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}{own}")
-        if self.attention_module is not None and not custom.is_custom(self.attention_module):
+        if self.attention_module is not None and not is_custom(self.attention_module):
             raise ConfigError(f"attention_module={self.attention_module!r} must be null (the built-in attention) "
                               "or a class 'module.path:ClassName'")
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "ffn_multiple_of"):
@@ -173,7 +110,7 @@ class ModelConfig:
             raise ConfigError("qk_norm=True with norm='batchnorm' would pool q and k statistics over batch, heads "
                               "and positions; set norm to one of ['layernorm', 'rmsnorm'] or qk_norm=False")
         for name in ("ffn", "attention_module"):
-            if self.block == "parallel" and custom.is_custom(getattr(self, name)):
+            if self.block == "parallel" and is_custom(getattr(self, name)):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: a custom module needs block='serial' (the "
                                   "parallel block fuses the built-in projections); allowed: ['serial']")
         for name in ("attn_softcap", "final_softcap"):
@@ -188,10 +125,15 @@ class ModelConfig:
             raise ConfigError(f"init_std={self.init_std} must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
-        if any(custom.is_custom(getattr(self, name)) for name in custom.FIELDS):
+        if any(is_custom(getattr(self, name)) for name in USER_FIELDS):
+            from . import custom  # torch: only for a config that names a user class
+
             custom.check(self)  # import and try the user's classes (models/custom.py)
 
     # ---- derived quantities -------------------------------------------------------------------
+    # kv_heads, dim_head and ffn_dim are the sizes the model is built with; the fields n_kv_heads, head_dim
+    # and d_ff are what the config wrote, None meaning "derive it". They are not synonyms: the fields (None
+    # included) are what fingerprints and short names hash, so a run keeps its identity when a default changes.
     @property
     def has_final_norm(self) -> bool:
         return FINAL_NORM[self.norm_position] if self.final_norm is None else self.final_norm

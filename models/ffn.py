@@ -10,19 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {
+from . import choices
+from .choices import FFNS, GATED, implements, is_gated  # noqa: F401  (declared in models/choices.py)
+
+ACTIVATIONS = implements(choices.ACTIVATIONS, {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
-}
-# gated name -> activation of its gate
-GATED = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
-FFNS = tuple(ACTIVATIONS) + tuple(GATED)
-
-
-def is_gated(ffn: str) -> bool:
-    return ffn in GATED
+})
 
 
 class MLP(nn.Module):

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from . import choices
+
 
 def _pieces(weight: torch.Tensor, module: nn.Linear):
     sizes = getattr(module, "split_sizes", None)
@@ -46,7 +48,8 @@ def _kaiming(module: nn.Linear, cfg):
         nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
 
 
-INITS = {"gpt2": _gpt2, "gpt2_unscaled": _gpt2_unscaled, "xavier": _xavier, "kaiming": _kaiming}
+INITS = choices.implements(choices.INITS, {"gpt2": _gpt2, "gpt2_unscaled": _gpt2_unscaled, "xavier": _xavier,
+                                            "kaiming": _kaiming})
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ BatchNorm is ``torch.nn.BatchNorm1d`` over the channel (last) dimension: in trai
 variance are taken over the batch AND the sequence positions, and running estimates (momentum 0.1) are
 used in eval mode. Batch statistics leak information across positions and across the sequences of a
 batch: position t's output depends on tokens after t, so **a batchnorm model is not causal in training
-mode** (its training loss can exploit the future; tests/test_norms_batchnorm.py shows it). It is here as
+mode** (its training loss can exploit the future; tests/models/test_norms_batchnorm.py shows it). It is here as
 the lecture's counter-example, not as a usable language-model norm. It cannot normalise q and k
 (``qk_norm``: ModelConfig rejects it).
 """
@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import choices
 
 
 class LayerNorm(nn.Module):
@@ -67,8 +69,8 @@ class BatchNorm(nn.Module):
         return y.view(x.shape)
 
 
-NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm,
-                                     "none": NoNorm}
+NORMS: dict[str, type[nn.Module]] = choices.implements(choices.NORMS, {
+    "layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm, "none": NoNorm})
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:

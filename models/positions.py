@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from .choices import POSITIONS
+
 
 class LearnedPositions(nn.Module):
     def __init__(self, context_length: int, dim: int):
@@ -41,7 +43,7 @@ ADDITIVE_POSITIONS: dict[str, type[nn.Module]] = {
     "learned": LearnedPositions,
     "sinusoidal": SinusoidalPositions,
 }
-POSITIONS = ("rope", "learned", "sinusoidal", "none")
+assert set(ADDITIVE_POSITIONS) < set(POSITIONS)  # rope rotates q and k in attention; none adds nothing
 
 
 class Rotary(nn.Module):

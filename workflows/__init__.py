@@ -11,7 +11,10 @@
 - ``plots``: every figure of the project: one style, one ``save``, one registry of names that the rules read.
 - ``claims``: the registry of published claims and the scorecard that judges them.
 
-A package may import the packages above it in this list and ``workflows.io`` (atomic writes), never one below it
-(``claims`` reads ``analysis`` and ``plots``). The Snakemake side keeps its conventions: ``rules/``, ``schemas/``,
-``profiles/``, ``report/``, ``cluster/``; each rule calls a command ``python -m workflows.<package>[.<module>]``.
+A package may import the packages above it in this list and ``workflows.io`` (atomic writes), never one below
+it, with one exception: a command's ``main`` (in ``analysis``, ``bench`` or ``claims``) may call ``plots`` to draw
+what it computed. ``tests/pipeline/test_imports.py`` checks that no import cycle exists.
+
+The Snakemake side keeps its conventions: ``rules/``, ``schemas/``, ``profiles/``, ``report/``, ``cluster/``; each
+rule calls a command ``python -m workflows.<package>[.<module>]``.
 """

@@ -1,6 +1,6 @@
 """Guards against citing noise: the summary flags (workflows.analysis.flags) on synthetic run/history
 tables where each is true and false, their columns in summary.csv and their rules in summary.md, and
-the aggregate CLI reading the unigram entropy from the data meta.json (tests/test_data.py checks the
+the aggregate CLI reading the unigram entropy from the data meta.json (tests/data/test_data.py checks the
 entropy itself)."""
 from __future__ import annotations
 

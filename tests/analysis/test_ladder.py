@@ -283,7 +283,12 @@ def test_markdown_and_figures(tmp_path):
     t, tr = L.ladder_table(runs, lad(["baseline", "twice"]))
     md = L.markdown(t, tr, lad(["baseline", "twice"]), "scale: x")
     assert "| twice | r1 |" in md and "Trend" in md and "cannot say" in md
-    paths = L.figures(runs, t, lad(["baseline", "twice"]), tmp_path, 3.3, "baseline@r0")
+    from workflows.plots.ladder import figures
+
+    ld = lad(["baseline", "twice"])
+    pts, lines = L.points(runs, ld), L.fit_lines(t, ld)
+    assert set(pts.variant) == set(lines.variant) == {"baseline", "twice"} and len(lines) == 2 * 50
+    paths = figures(t, pts, lines, ld, tmp_path, runs, 3.3, "baseline@r0")
     assert sorted(p.name for p in paths) == sorted(f"{n}.{f}" for n in ("ladder_curves", "compute_multiplier")
                                                    for f in ("png", "pdf"))
     assert all(p.stat().st_size > 0 for p in paths)

@@ -59,7 +59,7 @@ def test_shared_mode_uses_the_compare_lr_and_reports_a_missing_one():
 def test_one_score_and_one_best_lr_across_aggregate_figures_and_claims():
     """aggregate's per-LR scores and best LR, the claims' LR sensitivity and the figures' capped loss all come from
     selection, and agree on a table with diverged, NaN and inf runs."""
-    from workflows.plots import figures
+    from workflows.plots import runs as run_figures  # noqa: F401 (loss_vs_lr draws selection.capped_score)
 
     vals = {}
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ median to the median of the baseline (the default config), timed once per module
 
 The default run (``--benchmark-disable`` in pyproject) executes each step once, untimed, as a smoke
 test; time them with
-    python -m pytest tests/test_bench_models.py --benchmark-enable
+    python -m pytest tests/bench/test_bench_models.py --benchmark-enable
 (or ``--benchmark-only`` where addopts has ``--benchmark-skip``).
 """
 from __future__ import annotations

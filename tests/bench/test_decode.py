@@ -91,17 +91,18 @@ def test_cli_writes_table_and_figure(tmp_path):
 
 
 def test_figure_subtitle_states_scale_and_device(tmp_path, monkeypatch):
-    from workflows.analysis import scale
+    from workflows.plots import decode as decode_plot
 
     df = decode.measure(BASE, TINY, batches=[1], contexts=[4, 8], reps=2, steps=1, warmup=0)
     texts = []
-    real = scale.add_subtitle
+    real = decode_plot.add_subtitle
 
     def spy(fig, text, **kw):
         texts.append(text)
         return real(fig, text, **kw)
 
-    monkeypatch.setattr(scale, "add_subtitle", spy)
-    decode.figure(df, tmp_path)
+    monkeypatch.setattr(decode_plot, "add_subtitle", spy)
+    decode_plot.figure(df, tmp_path, decode.ARMS)
+    assert set(decode_plot.ARM_COLORS) == set(decode.ARMS)
     assert len(texts) == 1 and "d_model 32" in texts[0] and "float32" in texts[0]
     assert df.device.iloc[0] in texts[0] and "torch threads" in texts[0]

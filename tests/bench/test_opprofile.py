@@ -52,7 +52,9 @@ def record(fn):
 def test_table_names_only_known_classes():
     assert set(op.OP_CLASSES.values()) <= set(op.CLASSES)
     assert set(op.COMPOSITES.values()) <= set(op.CLASSES)
-    assert set(op.IVANOV["flop_share"]) <= set(op.CLASSES) and set(op.COLORS) == set(op.CLASSES)
+    from workflows.plots.opprofile import COLORS
+
+    assert set(op.IVANOV["flop_share"]) <= set(op.CLASSES) and set(COLORS) == set(op.CLASSES)
     for ref in ("flop_share", "time_share"):  # the published shares add up to 100%
         assert sum(op.IVANOV[ref].values()) == pytest.approx(1.0, abs=1e-9)
 
@@ -239,15 +241,16 @@ def test_bad_input_is_refused_before_any_compute():
 
 
 def test_figure_is_written(tmp_path):
-    from workflows.analysis.scale import SUBTITLE_GID
+    from workflows.plots.opprofile import figure
+    from workflows.plots.style import SUBTITLE_GID
 
     df = op.measure({"baseline": run(), "layernorm": run({"norm": "layernorm"})}, steps=1, warmup=1)
-    fig = op.figure(df)
+    fig = figure(df, None, op.CLASSES, op.IVANOV, op.scale_text(df))
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels[:2] == ["baseline", "layernorm"] and labels[-1].replace("\n", " ") == op.IVANOV["label"]
     sub = [t for t in fig.texts if t.get_gid() == SUBTITLE_GID]
     assert len(sub) == 1 and "CPU's answer" in sub[0].get_text() and "device:" in sub[0].get_text()
-    op.figure(df, tmp_path / "op_profile.png")
+    figure(df, tmp_path / "op_profile.png", op.CLASSES, op.IVANOV, op.scale_text(df))
     for ext in ("png", "pdf"):
         assert (tmp_path / f"op_profile.{ext}").stat().st_size > 5000
 

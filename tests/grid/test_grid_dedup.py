@@ -95,7 +95,7 @@ def test_pipeline_plans_one_train_job_per_variant_with_runs_of_its_own(tmp_path)
     jobs = {line.split("variant=")[1].strip() for line in out.splitlines() if "wildcards: variant=" in line}
     assert jobs == {"baseline", "post_norm", "post2"}
     res = tmp_path / "results"
-    post2 = next(line for line in out.splitlines() if "workflows.train.loop" in line and '"variant": "post2"' in line)
+    post2 = next(line for line in out.splitlines() if "-m workflows.train " in line and '"variant": "post2"' in line)
     assert f"--out {res}/runs/post2/seed0/lr0.03 --work" in post2  # only its own run
     agg = next(line for line in out.splitlines() if "workflows.analysis.aggregate" in line)
     assert (f"--runs {res}/runs/baseline/seed0/lr0.01 {res}/runs/baseline/seed0/lr0.1 "

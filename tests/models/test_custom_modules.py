@@ -10,7 +10,7 @@ from torch import nn
 
 import models
 from models import ConfigError, ModelConfig
-from models.custom import copy_params, parity, report
+from models.parity import copy_params, parity, report
 from models.init import reset_parameters
 
 M = "tests.usermods.modules"
@@ -95,7 +95,7 @@ def test_parity_measures_a_difference():
     r = parity("norm", f"{M}:ScaledRMSNorm", None, SMALL)
     assert r["builtin"] == "rmsnorm" and r["params_copied"] == "none"
     # recompute it: the built-in's gain drawn from the seed, the user's at its init (1), then the input
-    from models.custom import _draw
+    from models.parity import _draw
     from models.norms import RMSNorm
 
     ref, g = RMSNorm(32, 1e-5), torch.Generator().manual_seed(0)

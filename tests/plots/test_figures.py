@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 from workflows import claims
-
-from workflows.plots import figures
-
 from workflows.analysis import scale
 from workflows.analysis.aggregate import summarise
+from workflows.analysis.flags import FLAGS
+from workflows.plots import claims as claim_plots
+from workflows.plots import layers, registry, render, runs, style, sweeps, tables
 
 L0 = math.log(256)
 UNIGRAM = 2.66  # the synthetic training split's unigram entropy (nats/token)
@@ -100,9 +100,9 @@ def write_results(root, grid, diverge: dict, stats=True):
 
 
 def check_outputs(out, names=None):
-    names = names or list(figures.FIGURES)
+    names = names or list(render.FIGURES)
     for name in names:
-        for fmt in figures.FORMATS:
+        for fmt in registry.FORMATS:
             path = out / f"{name}.{fmt}"
             assert path.exists() and path.stat().st_size > 1000, path
         img = mpimg.imread(out / f"{name}.png")
@@ -126,11 +126,11 @@ def test_full_grid_with_some_divergence(tmp_path):
     grid = make_grid(FULL)
     res = write_results(tmp_path / "res", grid, {("baseline", 0.1): 25, ("post_norm", 0.1): 12})
     out = tmp_path / "fig"
-    assert figures.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out)]) == 0
+    assert render.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out)]) == 0
     check_outputs(out)
-    d = figures.load(res, res / "grid.json")
-    assert "not in this grid" not in figures.fig_attn_logits(d)._suptitle.get_text()
-    assert "not in this grid" not in figures.fig_activations(d)._suptitle.get_text()
+    d = tables.load(res, res / "grid.json")
+    assert "not in this grid" not in layers.fig_attn_logits(d)._suptitle.get_text()
+    assert "not in this grid" not in layers.fig_activations(d)._suptitle.get_text()
 
 
 def test_reduced_grid_and_an_all_diverged_variant(tmp_path):
@@ -140,11 +140,11 @@ def test_reduced_grid_and_an_all_diverged_variant(tmp_path):
     summary = pd.read_csv(res / "summary.csv")
     assert summary.set_index("variant").final_loss.isna()["no_norm"]
     out = tmp_path / "fig"
-    assert figures.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out)]) == 0
+    assert render.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out)]) == 0
     check_outputs(out)
-    d = figures.load(res, res / "grid.json")
-    assert "qk_norm" in figures.fig_attn_logits(d)._suptitle.get_text()
-    title = figures.fig_activations(d)._suptitle.get_text()
+    d = tables.load(res, res / "grid.json")
+    assert "qk_norm" in layers.fig_attn_logits(d)._suptitle.get_text()
+    title = layers.fig_activations(d)._suptitle.get_text()
     assert "post-norm" in title and "no-residual" in title
 
 
@@ -153,38 +153,35 @@ def test_no_layer_statistics_and_only(tmp_path):
     res = write_results(tmp_path / "res", grid, {}, stats=False)
     out = tmp_path / "fig"
     names = ["activations", "grad_norms", "attn_logits", "loss_curves"]
-    assert figures.main(["--results", str(res), "--out", str(out), "--only", *names]) == 0
+    assert render.main(["--results", str(res), "--out", str(out), "--only", *names]) == 0
     check_outputs(out, names)
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{f}" for n in names for f in figures.FORMATS)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{f}" for n in names for f in registry.FORMATS)
 
 
 def test_palette_is_one_mapping_with_the_baseline_highlighted():
     grid = make_grid({**FULL, **{k: v for k, v in REDUCED.items() if k != "baseline"}})
-    pal = figures.palette(grid)
-    assert pal == figures.palette(json.loads(json.dumps(grid)))
+    pal = style.palette(grid)
+    assert pal == style.palette(json.loads(json.dumps(grid)))
     assert set(pal) == set(grid["order"])
-    assert pal["baseline"] == figures.BASELINE_COLOR
+    assert pal["baseline"] == style.BASELINE_COLOR
     others = [c for v, c in pal.items() if v != "baseline"]
-    assert len(set(others)) == len(others) and figures.BASELINE_COLOR not in others
+    assert len(set(others)) == len(others) and style.BASELINE_COLOR not in others
     # a variant's colour depends on the grid order only, not on which runs exist
-    assert figures.variant_order(grid, {"qk_norm", "baseline"}) == ["baseline", "qk_norm"]
+    assert style.variant_order(grid, {"qk_norm", "baseline"}) == ["baseline", "qk_norm"]
 
 
 @pytest.mark.parametrize("n", [1, 9, 27, 40])
 def test_distinct_colors(n):
-    cols = figures._distinct_colors(n)
+    cols = style.distinct_colors(n)
     assert len(cols) == n and len(set(cols)) == n
 
 
 def test_rule_declares_every_figure_with_a_caption():
-    import ast
-    import re
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2] / "workflows"
     smk = (root / "rules" / "figures.smk").read_text()
-    names = ast.literal_eval(re.search(r"FIGURE_NAMES = (\[.*?\])", smk, re.S).group(1))
-    assert names == list(figures.FIGURES)
+    assert 'FIGURE_NAMES = plots_registry.names("grid")' in smk  # the rule reads the registry's names
+    names = registry.names("grid")
+    assert names == list(render.FIGURES)
     for name in names:
         assert (root / "report" / f"{name}.rst").read_text().strip(), name
     assert (root / "report" / "workflow.rst").exists()
@@ -207,7 +204,7 @@ def test_scale_line():
 
 
 def _subtitle(fig):
-    subs = [t for t in fig.texts if t.get_gid() == scale.SUBTITLE_GID]
+    subs = [t for t in fig.texts if t.get_gid() == style.SUBTITLE_GID]
     assert len(subs) == 1
     return subs[0]
 
@@ -227,16 +224,16 @@ def _assert_below_title_above_axes(fig, sub):
 def drawn(tmp_path_factory):
     """Data of a full synthetic grid with the unigram entropy known."""
     res = write_results(tmp_path_factory.mktemp("res"), make_grid(FULL), {("post_norm", 0.1): 12})
-    d = figures.load(res, res / "grid.json")
+    d = tables.load(res, res / "grid.json")
     d.unigram_entropy = UNIGRAM
     return d
 
 
-@pytest.mark.parametrize("name", list(figures.FIGURES))
+@pytest.mark.parametrize("name", list(render.FIGURES))
 def test_every_figure_has_a_scale_subtitle(drawn, name):
     import matplotlib.pyplot as plt
 
-    fig = figures.draw(name, drawn)
+    fig = render.draw(name, drawn)
     sub = _subtitle(fig)
     text = sub.get_text()
     assert text == scale.scale_line(drawn.runs, "baseline")
@@ -247,27 +244,27 @@ def test_every_figure_has_a_scale_subtitle(drawn, name):
 
 
 def _unigram_lines(ax):
-    return [ln for ln in ax.get_lines() if ln.get_gid() == figures.UNIGRAM_GID]
+    return [ln for ln in ax.get_lines() if ln.get_gid() == style.UNIGRAM_GID]
 
 
 @pytest.mark.parametrize("name", ["loss_vs_lr", "loss_curves"])
 def test_loss_figures_draw_the_unigram_entropy(drawn, name):
     import matplotlib.pyplot as plt
 
-    fig = figures.FIGURES[name](drawn)
+    fig = render.FIGURES[name](drawn)
     facets = [ax for ax in fig.axes if ax.get_visible()]
     for ax in facets:
         (line,) = _unigram_lines(ax)
         assert np.allclose(line.get_ydata(), UNIGRAM)  # horizontal, at H₁
         lo, hi = ax.get_ylim()
         assert lo < UNIGRAM < hi
-        assert any(t.get_gid() == figures.UNIGRAM_GID and "2.66" in t.get_text() for t in ax.texts)  # labelled
+        assert any(t.get_gid() == style.UNIGRAM_GID and "2.66" in t.get_text() for t in ax.texts)  # labelled
     legend_texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
     assert any("unigram entropy" in t and "2.66" in t for t in legend_texts)
     plt.close(fig)
     drawn.unigram_entropy = math.nan  # unknown: no line, no legend entry
     try:
-        fig = figures.FIGURES[name](drawn)
+        fig = render.FIGURES[name](drawn)
         assert not any(_unigram_lines(ax) for ax in fig.axes)
         assert not any("unigram" in t.get_text() for leg in fig.legends for t in leg.get_texts())
         plt.close(fig)
@@ -279,13 +276,13 @@ def test_loss_by_variant_marks_flags_and_draws_the_unigram_entropy(drawn):
     import matplotlib.pyplot as plt
 
     s = drawn.summary.set_index("variant")
-    fig = figures.FIGURES["loss_by_variant"](drawn)
+    fig = render.FIGURES["loss_by_variant"](drawn)
     a1 = fig.axes[0]
     (line,) = _unigram_lines(a1)
     assert np.allclose(line.get_xdata(), UNIGRAM)  # the loss axis is x here
     labels = [t.get_text() for t in a1.get_yticklabels()]
     for v, label in zip(drawn.order, labels):
-        want = "".join(m for c, m in figures.FLAGS.items() if str(s.loc[v, c]) == "True")
+        want = "".join(m for c, m in FLAGS.items() if str(s.loc[v, c]) == "True")
         assert label == (f"{v} {want}" if want else v)
     assert any(label.endswith("†") or "†" in label for label in labels)  # best LR 0.01 = the grid's edge
     legend_texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
@@ -300,12 +297,12 @@ def test_claims_figure_has_the_scale_subtitle(drawn):
 
     registry = Path(__file__).resolve().parents[2] / "config" / "claims.yaml"
     df = claims.evaluate(registry, claims.Evidence(drawn.runs, {}))
-    fig = figures.claims_forest(df, drawn.runs, "baseline")
+    fig = claim_plots.claims_forest(df, drawn.runs, "baseline")
     sub = _subtitle(fig)
     assert sub.get_text() == scale.scale_line(drawn.runs, "baseline")
     _assert_below_title_above_axes(fig, sub)
     plt.close(fig)
-    fig = figures.claims_forest(df, None)
+    fig = claim_plots.claims_forest(df, None)
     assert _subtitle(fig).get_text().startswith("scale: no training runs")
     plt.close(fig)
 
@@ -325,23 +322,23 @@ def test_sweep_figures(tmp_path):
     }
     res = write_results(tmp_path / "res", grid, {("ratio_8", 0.1): 12})
     out = tmp_path / "fig"
-    assert figures.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out),
+    assert render.main(["--results", str(res), "--grid", str(res / "grid.json"), "--out", str(out),
                          "--only", "sweep_ratio", "sweep_clip"]) == 0
     check_outputs(out, ["sweep_ratio", "sweep_clip"])
-    d = figures.load(res, res / "grid.json")
-    t = figures.sweep_table(d, "ratio")
+    d = tables.load(res, res / "grid.json")
+    t = sweeps.sweep_table(d, "ratio")
     runs = d.runs[(d.runs.variant == "ratio_4") & np.isclose(d.runs.lr, t.set_index("variant").best_lr["ratio_4"])]
     m, lo, hi = stats_mean_ci(runs.final_val_loss)
     row = t.set_index("variant").loc["ratio_4"]
     assert (row["mean"], row.low, row.high) == pytest.approx((m, lo, hi))
-    fig = figures.fig_sweep(d, "ratio")
+    fig = sweeps.fig_sweep(d, "ratio")
     a1 = fig.axes[0]
     assert a1.get_xscale() == "log" and any(l.get_label().startswith("rule of thumb: 4") for l in a1.get_lines())
     assert [x.get_text() for x in a1.get_xticklabels()] == ["1", "4", "8"]
-    fig = figures.fig_sweep(d, "clip")
+    fig = sweeps.fig_sweep(d, "clip")
     assert fig.axes[0].get_xscale() == "linear" and [x.get_text() for x in fig.axes[0].get_xticklabels()] == ["1", "off"]
     with pytest.raises(SystemExit):
-        figures.main(["--results", str(res), "--out", str(out), "--only", "sweep_nope"])
+        render.main(["--results", str(res), "--out", str(out), "--only", "sweep_nope"])
 
 
 def stats_mean_ci(values):
@@ -359,13 +356,13 @@ def test_throughput_figure_shows_the_side_by_side_ratios_beside_the_grid_jobs(dr
 
     rows = [{"variant": v, "rep": i, "tokens_per_s": base * (1 + 0.01 * ((i % 3) - 1))}
             for v, base in (("baseline", 1000.0), ("mqa", 1150.0)) for i in range(5)]
-    ratios = figures.speed_ratios(pd.DataFrame(rows), "baseline").set_index("variant")
+    ratios = runs.speed_ratios(pd.DataFrame(rows), "baseline").set_index("variant")
     assert ratios.loc["baseline", "ratio"] == pytest.approx(1.0)
     assert ratios.loc["mqa", "ratio"] == pytest.approx(1.15) and ratios.loc["mqa", "low"] <= 1.15 <= ratios.loc["mqa", "high"]
-    fig = figures.fig_throughput(dataclasses.replace(drawn, speed=pd.DataFrame(rows)))
+    fig = runs.fig_throughput(dataclasses.replace(drawn, speed=pd.DataFrame(rows)))
     titles = [a.get_title() for a in fig.axes]
     assert len(fig.axes) == 2 and "not judged" in titles[0] and "judged (speed claims)" in titles[1]
     plt.close(fig)
-    fig = figures.fig_throughput(drawn)  # no speed table: one panel, still labelled as not judged
+    fig = runs.fig_throughput(drawn)  # no speed table: one panel, still labelled as not judged
     assert len(fig.axes) == 1 and "not judged" in fig.axes[0].get_title()
     plt.close(fig)

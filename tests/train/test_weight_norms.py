@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models import ModelConfig, build
-from workflows.plots import figures
+from workflows.plots import layers, tables
+from workflows.plots.save import save
 from workflows.train import loop as T
 from workflows.train.measure import weight_matrices, weight_norms
 
@@ -61,10 +62,10 @@ def test_recorded_weight_norm_equals_linalg_norm_at_that_step(corpus, work, tmp_
     seen = []  # the weights at each statistics step, before its update
     real = T.train_step
 
-    def spy(job, x, y, tc, stats, scaler=None):
-        if stats:
-            seen.append({n: p.detach().clone() for n, p in job.model.named_parameters()})
-        return real(job, x, y, tc, stats, scaler)
+    def spy(model, opt, x, y, tc, **k):
+        if k.get("stats"):
+            seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return real(model, opt, x, y, tc, **k)
 
     monkeypatch.setattr(T, "train_step", spy)
     T.train(T.RunConfig.from_dict(run_dict(corpus)), tmp_path / "run", work, threads=1)
@@ -92,7 +93,7 @@ def test_weight_decay_keeps_the_norms_below_no_decay(corpus, work, tmp_path):
 
 
 # ---- the figure ---------------------------------------------------------------------------------
-def _data(with_rows: bool = True) -> figures.Data:
+def _data(with_rows: bool = True) -> tables.Data:
     wds = {"weight_decay_0": 0.0, "weight_decay_1": 1.0}
     grid = {"name": "t", "baseline": "baseline", "order": ["baseline", *wds], "seeds": [0, 1], "lrs": [1e-3],
             "variants": {"baseline": {"family": "baseline", "model": {}, "train": {}},
@@ -116,12 +117,12 @@ def _data(with_rows: bool = True) -> figures.Data:
                                      1.0 + grow * step + 0.1 * s + (layer + 1)))
     history = pd.DataFrame(rows, columns=["variant", "seed", "lr", "step", "kind", "metric", "layer", "site",
                                           "value"])
-    return figures.Data(grid, runs, summary, history)
+    return tables.Data(grid, runs, summary, history)
 
 
 def test_weight_norms_figure_hue_is_the_weight_decay_and_lines_are_seed_means():
     d = _data()
-    fig = figures.fig_weight_norms(d)
+    fig = layers.fig_weight_norms(d)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["token embedding", "layer 0 · attn", "layer 0 · ffn"]
     labels = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
@@ -136,8 +137,8 @@ def test_weight_norms_figure_hue_is_the_weight_decay_and_lines_are_seed_means():
 
 
 def test_weight_norms_figure_without_rows_says_so(tmp_path):
-    fig = figures.fig_weight_norms(_data(with_rows=False))
+    fig = layers.fig_weight_norms(_data(with_rows=False))
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("no weight_norm rows" in t for t in texts)
-    paths = figures.save(fig, tmp_path, "weight_norms")
+    paths = save(fig, tmp_path / "weight_norms.png")
     assert [p.read_bytes()[:4] for p in paths] == [b"\x89PNG", b"%PDF"]

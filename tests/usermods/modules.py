@@ -1,4 +1,4 @@
-"""User modules for tests/test_custom_modules.py and tests/test_pipeline_custom.py: one per interface that
+"""User modules for tests/models/test_custom_modules.py and tests/pipeline/test_pipeline_custom.py: one per interface that
 reproduces its built-in exactly (parity 0), and broken ones, one per error ModelConfig must name."""
 from __future__ import annotations
 

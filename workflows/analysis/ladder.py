@@ -19,7 +19,7 @@ A rung's ``model`` and ``train`` override the grid's (a rung may not set a field
 variant's axis and the rung's size must be separate); its ``train.steps``, when given, replaces the
 tokens rule, and the schedule's step counts (warmup, evaluation, statistics, checkpoint intervals) scale
 with the steps. Variants are named ``<variant>@<rung>``; each compares with ``<baseline>@<rung>``.
-``expand`` validates all of it before any job runs, naming the rung.
+``workflows.grid.ladder.expand`` validates all of it before any job runs, naming the rung.
 
 The analysis (``ladder_table``), per variant and rung, at each seed's cross-fitted LR
 (``workflows.analysis.selection``: the best LR of the other seeds, so no winner's curse):
@@ -41,143 +41,17 @@ The analysis (``ladder_table``), per variant and rung, at each seed's cross-fitt
 """
 from __future__ import annotations
 
-import copy
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from models.config import ConfigError
-
 from workflows.analysis import selection
 from workflows.analysis import stats
 from workflows.analysis.flags import best_lr_at_edge
-
-FITS = ("loglinear", "power")
-MIN_RUNGS = {"loglinear": 3, "power": 4}  # a fit needs more rungs than parameters, or its R² is 1 by construction
-RUNG_KEYS = ("model", "train", "lrs", "lr_scale", "baseline_only", "description")
-LADDER_KEYS = ("rungs", "tokens_exponent", "fit", "description")
-SCHEDULE = ("warmup_steps", "eval_every", "stats_every", "checkpoint_every")  # step counts that scale with steps
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SEP = "@"
-
-
-def name_of(arm: str, rung: str) -> str:
-    return f"{arm}{SEP}{rung}"
-
-
-def _sig(x: float, digits: int = 3) -> float:
-    return float(f"{x:.{digits}g}")
-
-
-# ------------------------------------------------------------------------------------------------
-# expansion: config → variants
-def expand(config: dict, variants: dict) -> tuple[dict, dict | None, str]:
-    """(variants, ladder summary, baseline name) with the ladder expanded; unchanged without a ladder."""
-    lad = config.get("ladder")
-    baseline = config["baseline"]
-    if not lad:
-        return variants, None, baseline
-    from workflows.data.corpus import DataConfig
-    from workflows.grid.grid import deep_update
-    from workflows.grid.sweeps import nonembed_params
-
-    if not isinstance(lad, dict):
-        raise ConfigError("ladder must be a mapping with 'rungs'")
-    unknown = sorted(set(lad) - set(LADDER_KEYS))
-    if unknown:
-        raise ConfigError(f"ladder: unknown key(s) {unknown}; allowed: {list(LADDER_KEYS)}")
-    if config.get("sweeps"):
-        raise ConfigError("ladder: a grid with a ladder may not also have sweeps (declare the sweep's values as "
-                          "variants, or run the sweep in a grid of its own)")
-    fit = lad.get("fit", "loglinear")
-    if fit not in FITS:
-        raise ConfigError(f"ladder.fit={fit!r}; choose one of {list(FITS)}")
-    a = lad.get("tokens_exponent", 1.0)
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 2:
-        raise ConfigError(f"ladder.tokens_exponent={a!r} must be a number in [0, 2] (1: fixed tokens per parameter)")
-    rungs = lad.get("rungs")
-    if not isinstance(rungs, dict) or not rungs:
-        raise ConfigError("ladder.rungs must be a non-empty mapping rung -> {model, train, lrs | lr_scale, baseline_only}")
-    if baseline not in variants:
-        raise ConfigError(f"baseline={baseline!r} is not one of the variants {list(variants)}")
-    base_model, base_train = config.get("model") or {}, config.get("train") or {}
-    vocab = DataConfig.from_dict(config.get("data") or {}).vocab_size
-    base_steps = int(base_train.get("steps", 0) or 0)
-    full = [r for r, spec in rungs.items() if not (spec or {}).get("baseline_only")]
-    if len(rungs) < MIN_RUNGS[fit]:
-        raise ConfigError(f"ladder: {len(rungs)} rung(s); a {fit} fit needs ≥ {MIN_RUNGS[fit]} "
-                          f"(more rungs than the form's parameters)")
-    if len(full) < 2:
-        raise ConfigError("ladder: needs ≥ 2 rungs where every variant trains (not baseline_only)")
-    try:
-        n_grid = nonembed_params(base_model, vocab)  # the tokens rule's reference: the grid's own model
-    except (ConfigError, ValueError) as e:
-        raise ConfigError(f"ladder: the grid's model: {e}") from None
-    out, summary_rungs = {}, []
-    for r, spec in rungs.items():
-        where = f"ladder rung {r!r}"
-        spec = spec or {}
-        if not isinstance(r, str) or not NAME.match(r) or SEP in r:
-            raise ConfigError(f"{where}: a rung name is letters, digits, '_', '.' or '-' (no {SEP!r})")
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: must be a mapping with keys {list(RUNG_KEYS)}")
-        unknown = sorted(set(spec) - set(RUNG_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {list(RUNG_KEYS)}")
-        if "lrs" in spec and "lr_scale" in spec:
-            raise ConfigError(f"{where}: set lrs or lr_scale, not both")
-        scale = spec.get("lr_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ConfigError(f"{where}: lr_scale={scale!r} must be a number > 0")
-        if "lrs" in spec and (not isinstance(spec["lrs"], list) or not spec["lrs"]
-                              or not all(isinstance(x, (int, float)) and x > 0 for x in spec["lrs"])):
-            raise ConfigError(f"{where}: lrs={spec['lrs']!r} must be a non-empty list of numbers > 0")
-        model = deep_update(base_model, spec.get("model") or {})
-        try:
-            n = nonembed_params(model, vocab)
-        except (ConfigError, ValueError) as e:
-            raise ConfigError(f"{where}: {e}") from None
-        train = dict(spec.get("train") or {})
-        if "steps" not in train:
-            if not base_steps:
-                raise ConfigError(f"{where}: the grid's train.steps is needed to scale the tokens")
-            factor = (n / n_grid) ** a
-            train["steps"] = max(1, round(base_steps * factor))
-        factor = train["steps"] / base_steps if base_steps else 1.0
-        for k in SCHEDULE:
-            if k in base_train and k not in train and base_train[k]:
-                train[k] = max(1, round(base_train[k] * factor))
-        arms = [baseline] if spec.get("baseline_only") else list(variants)
-        for v in arms:
-            vs = variants[v] or {}
-            clash = sorted(set((vs.get("model") or {})) & set(spec.get("model") or {}))
-            clash += sorted(f"train.{k}" for k in set(vs.get("train") or {}) & set(spec.get("train") or {}))
-            if clash:
-                raise ConfigError(f"{where}: variant {v!r} sets {clash}, which the rung sets too; a rung sets the "
-                                  "size, a variant its axis")
-            lrs = [float(x) for x in (spec.get("lrs") or [_sig(x * scale) for x in (vs.get("lrs") or config["lrs"])])]
-            new = copy.deepcopy({k: x for k, x in vs.items() if k not in ("lrs",)})
-            new["model"] = {**(spec.get("model") or {}), **(vs.get("model") or {})}
-            new["train"] = {**train, **(vs.get("train") or {})}
-            new = {k: x for k, x in new.items() if x != {}}
-            new.update(lrs=lrs, rung=r, arm=v, baseline=name_of(baseline, r))
-            desc = vs.get("description") or v
-            new["description"] = f"{desc} @ {r}"
-            out[name_of(v, r)] = new
-        summary_rungs.append({"rung": r, "model": spec.get("model") or {}, "steps": int(train["steps"]),
-                              "nonembed_params": int(n), "baseline_only": bool(spec.get("baseline_only")),
-                              "lrs": spec.get("lrs"), "lr_scale": spec.get("lr_scale"),
-                              "description": spec.get("description", "")})
-    order = {name: i for i, name in enumerate(out)}  # variant-major, then rung (the figures' order)
-    arm_rank = {v: i for i, v in enumerate(variants)}
-    out = dict(sorted(out.items(), key=lambda kv: (arm_rank[kv[1]["arm"]], order[kv[0]])))
-    first = name_of(baseline, full[0])
-    summary = {"baseline": baseline, "arms": list(variants), "rungs": summary_rungs, "fit": fit,
-               "tokens_exponent": float(a), "description": lad.get("description", "")}
-    return out, summary, first
+# the expansion (config → variants) is the grid's; its names stay importable from here
+from workflows.grid.ladder import FITS, MIN_RUNGS, SEP, expand, name_of  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------
@@ -627,8 +501,8 @@ def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str
 
 
 # ------------------------------------------------------------------------------------------------
-# figures: ladder_curves, compute_multiplier
-def _points(runs: pd.DataFrame, ladder: dict) -> pd.DataFrame:
+# what the figures draw beside the table (drawn by workflows.plots.ladder)
+def points(runs: pd.DataFrame, ladder: dict) -> pd.DataFrame:
     """Every seed's cross-fitted loss per (arm, rung): the dots of ladder_curves."""
     seeds = sorted({int(s) for s in runs.seed})
     rows = []
@@ -638,99 +512,18 @@ def _points(runs: pd.DataFrame, ladder: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def figures(runs: pd.DataFrame, table: pd.DataFrame, ladder: dict, out, unigram_entropy: float = math.nan,
-            baseline_label: str | None = None) -> list:
-    """Draw ladder_curves and compute_multiplier (PNG + PDF) into ``out``; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from workflows.plots.figures import _distinct_colors, save
-    from workflows.analysis.scale import add_subtitle, scale_line
-
-    b = ladder["baseline"]
-    arms = [a for a in ladder["arms"] if a in set(table.variant)]
-    others = [a for a in arms if a != b]
-    cols = dict(zip(others, _distinct_colors(len(others))))
-    cols[b] = (0.0, 0.0, 0.0)
-    pts = _points(runs, ladder)
-    line = scale_line(runs, baseline_label)
-    fit_of = {a: table[table.variant == a] for a in arms}
-    bt = table[table.variant == b].sort_values("compute")
-
-    def rung_ticks(ax):  # one tick per rung at the baseline's compute, labelled with the rung
-        ax.xaxis.set_minor_locator(plt.NullLocator())
-        ax.set_xticks(bt.compute.to_numpy(dtype=float), [f"{r}\n{c:.2g}" for r, c in zip(bt.rung, bt.compute)],
-                      fontsize=7)
-
-    def curve(ax, arm):
-        t = fit_of[arm].sort_values("compute")
-        p = pts[pts.variant == arm]
-        ax.scatter(p.compute, p.loss, s=14, color=cols[arm], alpha=0.55, lw=0, zorder=3)
-        ax.errorbar(t.compute, t.loss, yerr=[t.loss - t.loss_low, t.loss_high - t.loss], fmt="o", ms=5,
-                    color=cols[arm], capsize=3, zorder=4, label=arm)
+def fit_lines(table: pd.DataFrame, ladder: dict, n: int = 50) -> pd.DataFrame:
+    """Each arm's fitted curve (``table.fit_params``) at ``n`` points over its own rungs only (no extrapolation):
+    the lines of ladder_curves."""
+    rows = []
+    for arm in dict.fromkeys(table.variant):
+        t = table[table.variant == arm].sort_values("compute")
         params = [float(x) for x in str(t.fit_params.iloc[0]).split()] if t.fit_params.iloc[0] else []
         if params:
             f = Fit(ladder["fit"], tuple(params), math.log(t.compute.min()), math.log(t.compute.max()))
-            xs = np.linspace(f.lo, f.hi, 50)  # the fit drawn over the rungs only: no extrapolation
-            r2 = f"R² {t.r2.iloc[0]:.2f}" if np.isfinite(t.r2.iloc[0]) else "exact: no R² with 2 rungs"
-            ax.plot(np.exp(xs), f.loss(xs), color=cols[arm], lw=2.2 if arm == b else 1.5, label=f"{arm} fit ({r2})")
-
-    n = max(1, len(others))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False, sharey=True)
-    for ax, arm in zip(axes.flat, others or [b]):
-        curve(ax, b)
-        if arm != b:
-            curve(ax, arm)
-        if np.isfinite(unigram_entropy):
-            ax.axhline(unigram_entropy, color="0.5", ls="-.", lw=1, zorder=0.5)
-            ax.text(0.99, unigram_entropy, f"unigram H₁ = {unigram_entropy:.2f}", transform=ax.get_yaxis_transform(),
-                    ha="right", va="bottom", fontsize=7, color="0.4")
-        ax.set_xscale("log")
-        rung_ticks(ax)
-        ax.set_title(f"{arm} vs {b}" if arm != b else b, fontsize=10)
-        ax.set_xlabel("training compute (PaLM FLOPs)")
-        ax.legend(fontsize=7, frameon=False, loc="upper right" if not np.isfinite(unigram_entropy) else "lower left")
-        ax.grid(alpha=0.3)
-    axes.flat[0].set_ylabel("final validation loss (nats/token)\neach seed at its cross-fitted LR")
-    fig.suptitle(f"Loss against compute over the ladder's rungs: dots seeds, bars 95% t intervals,\nlines the "
-                 f"{ladder['fit']} fit (drawn over the rungs only)", fontsize=10)
-    fig.tight_layout()
-    add_subtitle(fig, line)
-    paths = save(fig, out, "ladder_curves")
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for k, arm in enumerate(others):
-        t = table[table.variant == arm].sort_values("compute")
-        x = t.compute.to_numpy(dtype=float) * 1.04 ** (k - (len(others) - 1) / 2)  # arms side by side
-        m = t.multiplier.to_numpy(dtype=float)
-        ok = np.isfinite(m)
-        lo = np.where(np.isfinite(t.multiplier_low), t.multiplier_low, m)
-        hi = np.where(np.isfinite(t.multiplier_high), t.multiplier_high, m)
-        ax.errorbar(x[ok], m[ok], yerr=[(m - lo)[ok], (hi - m)[ok]], fmt="o-", color=cols[arm], capsize=3,
-                    ms=5, lw=1.2, label=arm)
-        for xi, (_, row) in zip(x, t.iterrows()):
-            if not np.isfinite(row.multiplier):
-                ax.annotate("undefined", (xi, 1.0), rotation=90, ha="center", va="bottom", fontsize=7,
-                            color=cols[arm])
-            elif row.get("extrapolated"):
-                ax.annotate("extrap.", (xi, row.multiplier_high), ha="center", va="bottom", fontsize=6,
-                            color=cols[arm])
-    ax.axhline(1.0, color="0.3", lw=1, ls="--")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    rung_ticks(ax)
-    ax.set_xlabel("training compute of the variant's rung (PaLM FLOPs)")
-    ax.set_ylabel(f"compute multiplier vs {b}\n(> 1: worth that much extra compute)")
-    ax.legend(fontsize=8, frameon=False)
-    ax.grid(alpha=0.3, which="both")
-    fig.suptitle("Each change as a compute multiplier per rung: each seed against its own baseline at that rung\n"
-                 "(Δloss over the local slope), 95% t interval over seeds; 'extrap.': beyond the adjacent rungs",
-                 fontsize=9)
-    fig.tight_layout()
-    add_subtitle(fig, line)
-    return paths + save(fig, out, "compute_multiplier")
+            xs = np.linspace(f.lo, f.hi, n)
+            rows.append(pd.DataFrame({"variant": arm, "compute": np.exp(xs), "loss": f.loss(xs)}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["variant", "compute", "loss"])
 
 
 def main(argv=None) -> int:
@@ -770,7 +563,10 @@ def main(argv=None) -> int:
             from workflows.data.corpus import train_unigram_entropy
 
             h = train_unigram_entropy(args.data_meta)["nats_per_token"]
-        figures(runs, table, ladder, Path(args.figures), h, grid.get("baseline"))
+        from workflows.plots.ladder import figures  # ladder_curves, compute_multiplier
+
+        figures(table, points(runs, ladder), fit_lines(table, ladder), ladder, Path(args.figures), runs, h,
+                grid.get("baseline"))
     print(table[["variant", "rung", "loss", "multiplier", "multiplier_low", "multiplier_high", "r2"]].to_string())
     return 0
 

@@ -5,13 +5,12 @@
 - ``scale_line``: one line for a figure's subtitle: parameters (the baseline's, and the range over the
   variants), training tokens per run, seeds and device, from runs.parquet's ``params``,
   ``tokens_seen``, ``seed`` and ``device`` columns.
-- ``add_subtitle``: put that line under a finished figure's title without overlapping anything.
+
+A figure puts that line under its title with ``workflows.plots.style.add_subtitle``.
 """
 from __future__ import annotations
 
 import pandas as pd
-
-SUBTITLE_GID = "scale_subtitle"
 
 
 def human(n: float) -> str:
@@ -55,40 +54,3 @@ def scale_line(runs: pd.DataFrame | None, baseline: str | None = None) -> str:
     devices = sorted({str(x) for x in runs.device.dropna()}) if "device" in runs.columns else []
     dev = "device: " + (", ".join(devices) if devices else "unknown")
     return f"scale: {p} · {t} · {s} · {dev}"
-
-
-def add_subtitle(fig, text: str, fontsize: float = 9, color: str = "0.3", pad_pt: float = 3.0):
-    """Put ``text`` under the figure's suptitle (or on top, if it has none), after the layout is done.
-
-    The figure grows by the subtitle's height; every axes, figure text and figure legend keeps its
-    distance from the bottom edge, and the suptitle moves up into the new band, so the subtitle fills
-    the gap the suptitle leaves and overlaps nothing. Returns the subtitle's Text (gid SUBTITLE_GID)."""
-    from matplotlib.transforms import Bbox
-
-    renderer = fig.canvas.get_renderer()
-    w, h = fig.get_size_inches()
-    probe = fig.text(0, 0, text, fontsize=fontsize)
-    dh = probe.get_window_extent(renderer).height / fig.dpi + 2 * pad_pt / 72
-    probe.remove()
-    sup = fig._suptitle
-    legends = [(leg, leg.get_bbox_to_anchor().transformed(fig.dpi_scale_trans.inverted())) for leg in fig.legends]
-    scale = h / (h + dh)
-    fig.set_size_inches(w, h + dh)
-    for ax in fig.axes:
-        pos = ax.get_position(original=True)
-        ax.set_position([pos.x0, pos.y0 * scale, pos.width, pos.height * scale])
-    for t in fig.texts:
-        x, y = t.get_position()
-        t.set_position((x, y * scale + (dh / (h + dh) if t is sup else 0.0)))
-    for leg, box in legends:  # anchors keep their distance from the bottom-left corner (in figure fractions:
-        # savefig(bbox_inches="tight") shifts transFigure, not dpi_scale_trans)
-        leg.set_bbox_to_anchor(Bbox(box.get_points() / [w, h + dh]), transform=fig.transFigure)
-    if sup is not None:
-        # the band the suptitle left: from its old bottom edge up by dh
-        fig.canvas.draw()
-        bottom = sup.get_window_extent(fig.canvas.get_renderer()).y0 / fig.dpi  # inches, after the move
-        y = (bottom - pad_pt / 72) / (h + dh)
-        x, ha = sup.get_position()[0], sup.get_horizontalalignment()
-    else:
-        y, x, ha = 1 - pad_pt / 72 / (h + dh), 0.5, "center"
-    return fig.text(x, y, text, fontsize=fontsize, color=color, ha=ha, va="top", gid=SUBTITLE_GID)

@@ -157,7 +157,7 @@ def crossfit_delta(t: pd.DataFrame, k: pd.DataFrame, column: str, log: bool = Fa
     the jackknife Student-t interval over seeds (``stats.jackknife_t_ci``) carries the selection's own
     variability: a plain t interval over cross-fitted differences is too narrow, because the two folds'
     differences are correlated through the choices (simulated: 89% coverage at nominal 95% with 6 vs 3 tied
-    LRs over 4 seeds; the jackknife ≥ 95%, tests/test_selection.py). n: seeds with a finite difference."""
+    LRs over 4 seeds; the jackknife ≥ 95%, tests/analysis/test_selection.py). n: seeds with a finite difference."""
     from workflows.analysis import stats
 
     seeds = sorted({int(x) for x in t.seed} & {int(x) for x in k.seed})

@@ -42,7 +42,6 @@ BATCHES, CONTEXTS = (1, 8, 64), (128, 512, 1024)
 COLUMNS = ["arm", "n_heads", "n_kv_heads", "rep", "batch_size", "context", "steps", "tokens_per_s", "us_per_token",
            "kv_bytes", "kv_bytes_per_token", "params", "d_model", "n_layers", "head_dim", "dtype", "device",
            "threads", "other_cpu_share", "torch"]
-ARM_COLORS = {"mha": "#1f77b4", "gqa": "#2ca02c", "mqa": "#d62728"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,7 +49,7 @@ def default_model() -> dict:
     """config/config.yaml's ``model`` mapping (the grid's baseline)."""
     import yaml
 
-    path = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    path = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
     return dict((yaml.safe_load(path.read_text()) or {}).get("model") or {})
 
 
@@ -181,70 +180,6 @@ def measure(model: dict | None = None, overrides: dict | None = None, batches=BA
     return pd.DataFrame(rows, columns=COLUMNS).assign(other_cpu_share=clock.share())
 
 
-# ------------------------------------------------------------------------------------------------
-def figure(df: pd.DataFrame, out_dir, name: str = "decode") -> list[Path]:
-    """``name``.png/.pdf: median tokens/s (range over reps) vs context, one panel per batch size, hue = arm;
-    last panel: KV-cache bytes vs context at every batch size."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
-
-    from workflows.plots.figures import save
-    from workflows.analysis.scale import add_subtitle, human
-
-    batches = sorted(df.batch_size.unique())
-    arms = [a for a in ARMS if a in set(df.arm)]
-    palette = {a: ARM_COLORS[a] for a in arms}
-    contexts = sorted(df.context.unique())
-    labels = {a: f"{a.upper()} ({int(df[df.arm == a].n_kv_heads.iloc[0])} KV heads)" for a in arms}
-    d = df.assign(attention=df.arm.map(labels), kv_mib=df.kv_bytes / 2 ** 20)
-    hue_order = [labels[a] for a in arms]
-    colors = {labels[a]: palette[a] for a in arms}
-    fig, axes = plt.subplots(1, len(batches) + 1, figsize=(3.4 * (len(batches) + 1), 3.4), squeeze=False)
-    axes = axes[0]
-    for ax, B in zip(axes, batches):
-        sns.lineplot(data=d[d.batch_size == B], x="context", y="tokens_per_s", hue="attention", hue_order=hue_order,
-                     palette=colors, estimator="median", errorbar=("pi", 100), marker="o", ax=ax, legend=False)
-        ax.set_title(f"batch {B}")
-        ax.set_ylabel("decode tokens/s" if ax is axes[0] else "")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax = axes[-1]
-    kv = d.groupby(["attention", "batch_size", "context"], as_index=False).kv_mib.first()
-    sns.lineplot(data=kv, x="context", y="kv_mib", hue="attention", hue_order=hue_order, palette=colors,
-                 style="batch_size", marker="o", ax=ax, legend=False)
-    ax.set_yscale("log")
-    ax.set_title("KV cache (all layers)")
-    ax.set_ylabel("MiB")
-    for a in axes:
-        a.set_xscale("log", base=2)
-        a.xaxis.set_major_locator(FixedLocator(contexts))
-        a.xaxis.set_minor_locator(NullLocator())
-        a.set_xticklabels([str(c) for c in contexts])
-        a.set_xlabel("context (cached tokens)")
-        a.grid(True, which="major", alpha=0.3)
-    handles = [Line2D([], [], color=colors[h], marker="o", label=h) for h in hue_order]
-    if len(batches) > 1:
-        styles = ["-", "--", ":", "-."]
-        handles += [Line2D([], [], color="0.4", ls=styles[i % 4], label=f"KV: batch {B}") for i, B in enumerate(batches)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("KV-cached decoding: tokens/s vs context by batch size (median, range over reps), and cache size")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    first = d.iloc[0]
-    share = d.other_cpu_share.max() if "other_cpu_share" in d.columns else float("nan")
-    mha_params = d[d.arm == arms[0]].params.iloc[0]
-    add_subtitle(fig, f"scale: {human(mha_params)} params ({arms[0].upper()}) · d_model {first['d_model']} · "
-                      f"{first['n_layers']} layers · {first['n_heads']} heads of {first['head_dim']} · "
-                      f"{first['dtype']} · {d.rep.nunique()} reps × {first['steps']} decode steps · "
-                      f"{first['threads']} torch threads · device: {first['device']}"
-                      + (f" · other processes took {share:.0%} of the CPU" if pd.notna(share) else ""))
-    return save(fig, Path(out_dir), name)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="decode.parquet (the bench); omit with --plot")
@@ -266,7 +201,9 @@ def main(argv=None) -> int:
     if args.plot:
         if not args.figures:
             p.error("--plot needs --figures")
-        figure(pd.read_parquet(args.plot), args.figures)
+        from workflows.plots.decode import figure
+
+        figure(pd.read_parquet(args.plot), args.figures, ARMS)
         return 0
     if not args.out:
         p.error("--out is required (or --plot TABLE --figures DIR)")
@@ -283,7 +220,9 @@ def main(argv=None) -> int:
           f"{time.perf_counter() - t0:.0f} s):")
     print(med[[a for a in ARMS if a in med.columns]].round(0).to_string())
     if args.figures:
-        figure(df, args.figures)
+        from workflows.plots.decode import figure
+
+        figure(df, args.figures, ARMS)
     return 0
 
 

@@ -11,15 +11,16 @@ Every number is a ratio or rate taken side by side in one process: nothing here 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from workflows.train import device as dev
-from workflows.train.loop import Job, RunConfig, make_optimizer, train_step
+from workflows.train import step as S
+from workflows.train.loop import Job, RunConfig, make_optimizer
 
 SIZES = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, context_length=128),
@@ -44,20 +45,23 @@ class Bench:
         self.model, _ = self.job.model_for(self.cfg)
         self.job.begin_run(self.cfg)  # as in training: on CUDA the batch offsets go to the device once
         self.opt = make_optimizer(self.model, self.cfg.train, self.job.device)
+        self.scaler = S.grad_scaler(self.job.device, self.job.dtype)  # an fp16 run's loss scaler, as in training
 
-    def step(self, step: int) -> None:
-        """What one training step of workflows.train.loop.fit does, statistics included when due."""
+    def step(self, step: int, phase=None) -> None:
+        """One training step of workflows.train.loop.fit (workflows.train.step.train_step on the job's batch,
+        compiled forward + loss), statistics included when due (the gradient snapshot the loop takes); the
+        LR stays ``train.lr``. ``phase``: the step's per-phase context managers (``phase_times``)."""
         tc = self.cfg.train
         x, y = self.job.batch(self.cfg, step)
         stats = tc.stats_every > 0 and step % tc.stats_every == 0
-        _, st = train_step(self.job, x, y, tc, stats)
+        on_grads = None
         if stats:
             from workflows.train.measure import layer_params, layer_snapshot
 
-            layer_snapshot(layer_params(self.model))
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+            def on_grads():
+                layer_snapshot(layer_params(self.model))
+        S.train_step(self.model, self.opt, x, y, tc, loss_fn=self.job.loss_fn, dtype=self.job.dtype, stats=stats,
+                     scaler=self.scaler, on_grads=on_grads, phase=phase)
 
 
 def time_steps(b: Bench, steps: int, warmup: int) -> list[float]:
@@ -89,27 +93,22 @@ def peak_rows(device_name: str = "auto", dtypes=("float32", "bfloat16")) -> list
 
 
 def phase_times(b: Bench, steps: int) -> dict[str, float]:
-    """Median seconds of forward, backward and optimizer (clip + AdamW), each synchronised."""
+    """Median seconds of forward (+ loss), backward and optimizer (clip + AdamW + zero_grad) of the training
+    step (``Bench.step``), each phase synchronised before and after."""
     out = {"forward": [], "backward": [], "optimizer": []}
+    names = {"forward": "forward", "backward": "backward", "update": "optimizer"}
     device = b.job.device
-    for step in range(steps):
-        x, y = b.job.batch(b.cfg, step)
+
+    @contextlib.contextmanager
+    def timed(phase: str):
         dev.synchronize(device)
         t0 = time.perf_counter()
-        with b.job.autocast():
-            loss = F.cross_entropy(b.job.fwd(x).float().flatten(0, 1), y.flatten())
+        yield
         dev.synchronize(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        dev.synchronize(device)
-        t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(b.model.parameters(), 1.0)
-        b.opt.step()
-        b.opt.zero_grad(set_to_none=True)
-        dev.synchronize(device)
-        t3 = time.perf_counter()
-        for k, v in zip(out, (t1 - t0, t2 - t1, t3 - t2)):
-            out[k].append(v)
+        out[names[phase]].append(time.perf_counter() - t0)
+
+    for step in range(steps):
+        b.step(step, phase=timed)
     return {k: statistics.median(v) for k, v in out.items()}
 
 

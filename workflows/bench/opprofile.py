@@ -8,7 +8,8 @@ The lecture's claim (Ivanov et al. 2021, "Data movement is all you need", BERT t
 contractions are 99.8% of the FLOPs but 61% of the runtime, statistical normalisations (softmax and LayerNorm)
 0.17% of the FLOPs but 25.5%, element-wise operators 0.03% but 13.5%. Here each variant's model trains for
 one step unrecorded and ``warmup`` steps recorded and discarded (torch.profiler's schedule), then ``steps``
-steps under ``torch.profiler.profile(record_shapes=True, with_flops=True)``. A step is the training loop's: forward and ``train.losses`` (z-loss included), backward, then clipping, AdamW
+steps under ``torch.profiler.profile(record_shapes=True, with_flops=True)``. A step is the training loop's
+(``workflows.train.step.train_step``): forward and ``train.losses`` (z-loss included), backward, then clipping, AdamW
 (``train.make_optimizer``, its parameter groups) and ``zero_grad`` inside the ``record_function`` region
 ``OPTIMIZER_REGION``. Batches are random tokens of the run's shape, as in ``workflows.bench.speed``; on CUDA the step
 runs under the loop's autocast dtype, eager (a compiled step fuses operators into generated kernels that have
@@ -33,7 +34,7 @@ the kernels it launched) goes to one class of ``CLASSES``:
    ``framework`` is the step's wall time during which no kernel ran (the step ends with a synchronise).
 
 An op name missing from the table lands in ``other`` and is listed in ``op_table``'s ``listed == False``
-rows; tests/test_opprofile.py profiles every variant of the shipped grids and requires none.
+rows; tests/bench/test_opprofile.py profiles every variant of the shipped grids and requires none.
 
 FLOPs are torch.profiler's (``with_flops``: it counts mm, addmm, bmm, baddbmm, convolutions, mul and add, by
 shape), summed per class, so a native norm kernel (``native_layer_norm``) counts 0 and a decomposed one only
@@ -51,12 +52,13 @@ Output: one row per (variant, class) — ``variant, class, flops, flop_share, ti
 threads`` (per step, means over the profiled steps) and ``norm, params, tokens_per_step, steps,
 step_us_unprofiled`` (the same steps timed without the profiler, on the host clock) — with each
 variant's shares summing to 1; ``markdown`` writes it as a table with the normalisation time share of
-LayerNorm vs RMSNorm variants; ``figure`` draws FLOP share beside time share per class for each variant,
-with Ivanov et al.'s BERT/V100 numbers as a reference bar.
+LayerNorm vs RMSNorm variants; the figure (``workflows.plots.opprofile``) draws FLOP share beside time share per
+class for each variant, with Ivanov et al.'s BERT/V100 numbers as a reference bar.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -67,6 +69,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from workflows.train import device as dev
+from workflows.train import step as S
 from workflows.io import write_parquet, write_text
 
 CLASSES = ("matmul", "normalisation", "element-wise", "softmax-attention", "optimizer", "other", "framework")
@@ -236,9 +239,16 @@ def breakdown(events, on_device: bool = False, steps: int = 1) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------
+def optimizer_region(phase: str):
+    """The step's ``phase`` contexts here: the update (unscaling, clipping, AdamW, zero_grad) inside
+    ``OPTIMIZER_REGION``; forward and backward unmarked."""
+    return record_function(OPTIMIZER_REGION) if phase == "update" else contextlib.nullcontext()
+
+
 class ProfiledStep:
-    """One variant's model and optimizer on random batches of its run config's shape; ``step`` is one
-    training step of the loop, its update inside OPTIMIZER_REGION."""
+    """One variant's model and optimizer on random batches of its run config's shape; ``step`` is the training
+    loop's step (``workflows.train.step.train_step``: eager forward + ``losses``, backward, clipping, AdamW,
+    zero_grad) with its update inside OPTIMIZER_REGION, then a synchronise."""
 
     def __init__(self, run: dict, device: torch.device):
         from models import build
@@ -250,6 +260,7 @@ class ProfiledStep:
         self.model = build(self.cfg.model).to(device)
         self.opt = make_optimizer(self.model, self.cfg.train, device)  # the training loop's AdamW and groups
         self.device, self.dtype = device, dev.resolve_dtype(self.cfg.train.dtype, device)
+        self.scaler = S.grad_scaler(device, self.dtype)  # an fp16 run's loss scaler, as the loop has it
         tc = self.cfg.train
         g = torch.Generator().manual_seed(self.cfg.seed)
         shape = (tc.batch_size, self.cfg.model.context_length + 1)
@@ -258,17 +269,9 @@ class ProfiledStep:
         self.params = sum(p.numel() for p in self.model.parameters())
 
     def step(self) -> None:
-        from workflows.train.loop import losses
-
-        tc = self.cfg.train
         x, y = self.batch[:, :-1], self.batch[:, 1:]
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            _, loss = losses(self.model(x), y, tc.z_loss)  # what the training loop optimises
-        loss.backward()
-        with record_function(OPTIMIZER_REGION):
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf"))
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+        S.train_step(self.model, self.opt, x, y, self.cfg.train, dtype=self.dtype, scaler=self.scaler,
+                     phase=optimizer_region)
         dev.synchronize(self.device)
 
 
@@ -326,8 +329,6 @@ def measure(runs: dict, steps: int = 5, warmup: int = 2, device: str | None = No
 IVANOV = {"label": "BERT, V100 (Ivanov et al. 2021)",
           "flop_share": {"matmul": 0.9980, "normalisation": 0.0017, "element-wise": 0.0003},
           "time_share": {"matmul": 0.610, "normalisation": 0.255, "element-wise": 0.135}}
-COLORS = {"matmul": "#4c72b0", "normalisation": "#dd8452", "element-wise": "#55a868", "softmax-attention": "#c44e52",
-          "optimizer": "#8172b3", "other": "#937860", "framework": "#bbbbbb"}
 
 
 def norm_shares(df: pd.DataFrame) -> pd.DataFrame:
@@ -383,62 +384,6 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def figure(df: pd.DataFrame, path=None):
-    """Per variant a FLOP-share bar beside a time-share bar, stacked by class, and the Ivanov et al. reference
-    pair; saved as path (.png) and its .pdf when ``path`` is given. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from workflows.analysis.scale import add_subtitle
-
-    variants = list(dict.fromkeys(df.variant))
-    groups = [(v, df[df.variant == v].set_index("class")) for v in variants]
-    fig, ax = plt.subplots(figsize=(1.6 * (len(groups) + 1) + 2.5, 4.2))
-    width, labels, ticks = 0.38, [], []
-    for i, (v, t) in enumerate(groups + [(IVANOV["label"], None)]):
-        for j, share in enumerate(("flop_share", "time_share")):
-            x, bottom = i + (j - 0.5) * (width + 0.03), 0.0
-            for c in CLASSES:
-                h = float(t.loc[c, share]) if t is not None else IVANOV[share].get(c, 0.0)
-                if h > 0:
-                    ax.bar(x, h, width, bottom=bottom, color=COLORS[c], edgecolor="white", linewidth=0.5,
-                           hatch="//" if t is None else None, label=c)
-                if h >= 0.04:  # the share, where it fits
-                    ax.text(x, bottom + h / 2, f"{100 * h:.1f}%", ha="center",
-                            va="center", fontsize=6.5, color="white")
-                bottom += h
-            ax.text(x, -0.02, "FLOPs" if j == 0 else "time", ha="center", va="top", fontsize=7, rotation=90)
-        labels.append(v)
-        ticks.append(i)
-    ax.set_xticks(ticks, [l.replace(" (", "\n(") for l in labels], fontsize=8)
-    ax.tick_params(axis="x", pad=26)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of the training step")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    handles = {}
-    for h, l in zip(*ax.get_legend_handles_labels()):
-        handles.setdefault(l, h)
-    ax.legend([handles[c] for c in CLASSES if c in handles], [c for c in CLASSES if c in handles],
-              loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    ax.set_title("FLOP share vs time share by operator class (hatched: BERT/V100 reference; its normalisation "
-                 "includes softmax)", fontsize=8)
-    fig.suptitle("Where the time of a training step goes")
-    fig.tight_layout()
-    add_subtitle(fig, scale_text(df))
-    if path is not None:
-        path = Path(path)
-        from workflows.io import atomic_path
-
-        for p in (path.with_suffix(".png"), path.with_suffix(".pdf")):
-            meta = {"CreationDate": None} if p.suffix == ".pdf" else {"Software": None}
-            with atomic_path(p) as tmp:
-                fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight", metadata=meta)
-        plt.close(fig)
-    return fig
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants-json", required=True, help="{variant: run config dict} (workflows.grid.grid.Grid.run_dict)")
@@ -461,7 +406,9 @@ def main(argv=None) -> int:
     md = markdown(df)
     write_text(args.md or Path(args.out).with_suffix(".md"), md)
     if args.figure:
-        figure(df, args.figure)
+        from workflows.plots.opprofile import figure
+
+        figure(df, args.figure, CLASSES, IVANOV, scale_text(df))
     print(md)
     return 0
 

@@ -71,20 +71,15 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import ConfigError, check_types, from_mapping
+from models.checks import ConfigError, check_types, from_mapping
+
+# the probes' seeds and their seed_offset shift are the grid's (the Snakefile applies them without torch)
+from workflows.grid.config import DEFAULT_PROBE_SEEDS as DEFAULT_SEEDS, offset_probe_seeds  # noqa: F401
 
 PROBE_COLUMNS = ("probe", "arm", "seed", "depth", "layer", "metric", "value", "params", "tokens")
 SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                 "d_ff")
 DEFAULT_MODEL = {"d_model": 64, "n_heads": 4, "n_kv_heads": None, "context_length": 64}
-DEFAULT_SEEDS = (0, 1, 2)  # init seeds per probe model when claims.probes.seeds is not set
-
-
-def offset_probe_seeds(probes: dict, offset: int) -> dict:
-    """The ``claims.probes`` section with the pipeline's ``seed_offset`` added to its seeds (to
-    ``DEFAULT_SEEDS`` when it sets none): a replication's probes draw other models too."""
-    seeds = (probes or {}).get("seeds") or list(DEFAULT_SEEDS)
-    return {**(probes or {}), "seeds": [int(s) + int(offset) for s in seeds]}
 
 
 @dataclass
@@ -202,11 +197,13 @@ class Probe:
             yield phase, tokens
 
     def train(self, cfg, model, seed: int) -> int:
-        """``train_steps`` AdamW steps on training batches (indices after the measurement batches), as the
-        training loop takes them; returns the training tokens seen."""
+        """``train_steps`` AdamW steps on training batches (indices after the measurement batches), each the
+        training loop's step (``workflows.train.step.train_step``: fp32, eager, no z-loss, clipping at 1, the
+        warmup-cosine LR); returns the training tokens seen."""
         import torch
 
-        from workflows.train.loop import TrainConfig, losses, lr_at, make_optimizer
+        from workflows.train import step as S
+        from workflows.train.loop import TrainConfig, lr_at, make_optimizer
 
         s = self.settings
         tc = TrainConfig(steps=max(s.train_steps, 1), lr=s.train_lr, warmup_steps=s.train_steps // 10,
@@ -214,14 +211,8 @@ class Probe:
         opt = make_optimizer(model, tc, torch.device("cpu"))
         model.train()
         for step in range(s.train_steps):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, tc)
             x, y = self.batch(cfg, seed, s.measure_batches + step)
-            _, loss = losses(model(x), y, 0.0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            S.train_step(model, opt, x, y, tc, lr=lr_at(step, tc))
         model.eval()
         return s.train_steps * s.batch_size * cfg.context_length
 

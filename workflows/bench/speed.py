@@ -8,8 +8,8 @@ default grid moved an MQA/MHA ratio from 1.16x to 1.41x with bit-identical losse
 model trains in one process, one after the other, for ``steps`` steps per rep, with the order rotated each rep
 so no variant always runs first or last; each rep gives one tokens/s per variant, and the scorecard pairs them
 by rep. The pipeline runs it as a job that takes every core, so nothing else runs beside it. Batches are random
-tokens (throughput does not depend on the data); the step is what a training step does: forward, cross-entropy
-(+ z-loss when the run has it), backward, clipping, AdamW, in the training loop's regime (``regime``): its
+tokens (throughput does not depend on the data); the step is the training loop's own (``workflows.train.step``):
+forward, cross-entropy (+ z-loss when the run has it), backward, clipping, AdamW, in the loop's regime (``regime``): its
 autocast dtype and its compile setting (on CUDA by default bf16 autocast and torch.compile; fp32 eager on
 the CPU), so a GPU's speed claims are judged on the kernels the runs use. Each row records the regime, and
 ``gpu_neighbours``: the other compute processes on the GPU at the start of its rep (workflows.train.device; NaN on the
@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from workflows.train import device as dev
+from workflows.train import step as S
 from workflows.io import write_parquet
 
 
@@ -43,49 +44,36 @@ def regime(cfg, device: torch.device) -> dict:
 
 
 class Stepper:
-    """One variant's model and optimizer on random batches of its run config's shape, stepped in the
-    training loop's regime (``regime``: autocast dtype, compiled forward + loss)."""
+    """One variant's model and optimizer on random batches of its run config's shape, stepped by the training
+    loop's step (``workflows.train.step.train_step``) in the loop's regime (``regime``: autocast dtype, compiled
+    forward + loss, an fp16 run's loss scaler). What it leaves out on purpose: the per-layer statistics steps
+    and the LR schedule (the optimizer keeps ``train.lr``); clipping always runs, as in the loop."""
 
     def __init__(self, run: dict, device: torch.device):
         from models import build
 
-        from workflows.train.loop import RunConfig, make_optimizer
+        from workflows.train import loop as train
 
-        self.cfg = RunConfig.from_dict(run)
+        self.cfg = train.RunConfig.from_dict(run)
         torch.manual_seed(self.cfg.seed)
         self.model = build(self.cfg.model).to(device)
-        self.opt = make_optimizer(self.model, self.cfg.train, device)  # the training loop's AdamW and groups
+        self.opt = train.make_optimizer(self.model, self.cfg.train, device)  # the training loop's AdamW and groups
         tc = self.cfg.train
         self.device = device
         g = torch.Generator().manual_seed(self.cfg.seed)
         shape = (tc.batch_size, self.cfg.model.context_length + 1)
         self.batch = torch.randint(0, self.cfg.model.vocab_size, shape, generator=g).to(device)
         self.tokens = tc.batch_size * self.cfg.model.context_length
-        from workflows.train import loop as train
-
         self.regime = regime(self.cfg, device)
-        model = self.model
+        # forward and loss in one (compiled) graph, as workflows.train.loop.Job has it
+        self.loss_fn = S.forward_loss(self.model, train.COMPILE_BACKEND if self.regime["compiled"] else None)
+        self.scaler = S.grad_scaler(device, self.regime["dtype"])
 
-        def loss_fn(x, y, z_loss):  # forward and loss in one (compiled) graph, as workflows.train.loop.Job has it
-            return train.losses(model(x), y, z_loss)
-
-        self.loss_fn = (torch.compile(loss_fn, backend=train.COMPILE_BACKEND) if self.regime["compiled"]
-                        else loss_fn)
-
-    def autocast(self):
-        dtype = self.regime["dtype"]
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def step(self) -> None:
-        tc = self.cfg.train
+    def step(self):
+        """One training step on the bench's batch: the shared step's result (nothing read to the host)."""
         x, y = self.batch[:, :-1], self.batch[:, 1:]
-        with self.autocast():
-            _, loss = self.loss_fn(x, y, tc.z_loss)  # what the training loop optimises
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        return S.train_step(self.model, self.opt, x, y, self.cfg.train, loss_fn=self.loss_fn,
+                            dtype=self.regime["dtype"], scaler=self.scaler)
 
     def tokens_per_s(self, steps: int) -> float:
         dev.synchronize(self.device)

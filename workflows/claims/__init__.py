@@ -13,8 +13,8 @@ The package, one job a module:
 - ``evidence``: what checks read (runs, probes, side-by-side speed, the grid's comparison LR) and the guards
   that give "not run" / "not judged: degenerate";
 - ``kinds``: the ``@kind`` evaluator registry (a kind's keys, unit and function in one place);
-- ``scorecard``: evaluate every check, write claims.csv / claims.md (the forest figure is
-  ``workflows.plots.figures.claims_forest``).
+- ``scorecard``: evaluate every check, write claims.csv / claims.md (the forest and trajectory figures are
+  drawn by ``workflows.plots.claims``).
 
 LR choice and the capped score come from ``workflows.analysis.selection``, intervals from ``workflows.analysis.stats``.
 """

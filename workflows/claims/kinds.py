@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from workflows.analysis import selection
-from workflows.analysis import stats
+from workflows.analysis import selection, stats
 from workflows.analysis.scale import human, scale_of
 from .evidence import Evidence, NotRun
 from .verdict import Measure
@@ -65,8 +64,19 @@ def _device_check(m: Measure, c: dict, *frames) -> None:
                            + (sorted(names)[0] if names else "an unknown device"))
 
 
-def _paired_values(ev: Evidence, c: dict, metric: str, transform=None, diverged_only: bool = False):
-    """(treatment runs, control runs, {key: value}, {key: value}, how the LR was chosen, degenerate reason)."""
+class Paired(NamedTuple):
+    """A check's two arms at the LRs it compares them at (``_paired_values``)."""
+    treatment: pd.DataFrame  # the treatment's runs
+    control: pd.DataFrame  # the control's runs
+    treatment_values: dict  # {seed key: metric value} at the compared LR
+    control_values: dict
+    lr_choice: str  # how the LR was chosen (assigned, shared, cross-fitted)
+    degenerate: str | None  # why an arm is degenerate (not judged), or None
+    lrs: tuple  # ({seed key: LR} of the treatment, of the control)
+
+
+def _paired_values(ev: Evidence, c: dict, metric: str, transform=None, diverged_only: bool = False) -> Paired:
+    """The check's treatment and control runs and their per-seed values of ``metric`` at the LRs it compares."""
     t, k = ev.variant(c["treatment"], c), ev.variant(c["control"], c)
     if metric not in t.columns:
         raise NotRun(f"runs.parquet has no column {metric!r}")
@@ -80,7 +90,7 @@ def _paired_values(ev: Evidence, c: dict, metric: str, transform=None, diverged_
         return {key: abs(x) for key, x in v.items()} if transform == "abs" else v
 
     degenerate = ev.degenerate_runs(t, lt) or ev.degenerate_runs(k, lk)
-    return t, k, vals(t, lt), vals(k, lk), how, degenerate, (lt, lk)
+    return Paired(t, k, vals(t, lt), vals(k, lk), how, degenerate, (lt, lk))
 
 
 def _lr_note(c: dict, lts: tuple) -> str:

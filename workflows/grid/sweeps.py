@@ -30,7 +30,10 @@ import math
 import operator
 from fractions import Fraction
 
-from models.config import ConfigError
+from models.checks import ConfigError
+from models.config import ModelConfig
+
+from workflows.grid.config import DataConfig
 
 SECTIONS = ("model", "train", "data")
 SCALES = ("log", "linear")
@@ -107,10 +110,6 @@ def evaluate(expr, names: dict, functions: dict):
 
 def _base_names(model: dict, data: dict) -> dict:
     """The base model's fields as expression names (resolved: head_dim, d_ff, vocab_size)."""
-    from models import ModelConfig
-
-    from workflows.data.corpus import DataConfig
-
     mc = ModelConfig.from_dict({"vocab_size": DataConfig.from_dict(data or {}).vocab_size, **model})
     names = {k: v for k, v in mc.to_dict().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     names.update(head_dim=mc.dim_head, d_ff=mc.ffn_dim, n_kv_heads=mc.kv_heads)
@@ -121,7 +120,7 @@ def nonembed_params(model: dict, vocab_size: int) -> int:
     """Kaplan et al.'s non-embedding parameters of a model config (built on the meta device)."""
     import torch
 
-    from models import ModelConfig, build, count_params
+    from models import build, count_params
 
     with torch.device("meta"):
         return count_params(build(ModelConfig.from_dict({**model, "vocab_size": vocab_size})))["nonembed"]
@@ -134,8 +133,6 @@ def iso_nonembed_solver(model: dict, vocab_size: int):
     number of query and KV heads is kept, so the head dimension is d_model / n_heads and d_model runs over
     multiples of lcm(multiple, 2·n_heads) (an even head dimension, as RoPE needs). Returns the solver and
     ``shape(d_model, n_layers, ffn_ratio)``, the model overrides of that shape."""
-    from models import ModelConfig
-
     base = nonembed_params(model, vocab_size)
     mc = ModelConfig.from_dict({**model, "vocab_size": vocab_size})
 

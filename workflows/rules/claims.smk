@@ -6,46 +6,16 @@ import yaml as _yaml
 
 from workflows.analysis.stats import BOOTSTRAP_SEED as _BOOT_SEED  # noqa: E402
 
-CLAIMS_CFG = config.get("claims") or {}
-CLAIMS_REGISTRY = repo_path(CLAIMS_CFG.get("registry", "config/claims.yaml"))
 CLAIMS_GRIDS = [repo_path(g) for g in CLAIMS_CFG.get("grids", ["config/config.yaml", "config/cpu-full.yaml", "config/hparams.yaml", "config/paper.yaml"])]
 with open(CLAIMS_REGISTRY) as _f:
     PROBE_SPECS = (_yaml.safe_load(_f) or {}).get("probes") or {}
 PROBE_NAMES = sorted(PROBE_SPECS)
 PROBE_FILES = [f"{RESULTS}/probes/{name}.parquet" for name in PROBE_NAMES]
 CLAIM_OUTPUTS = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md", f"{RESULTS}/claims_trajectory.csv",
-                 f"{FIGURES}/claims.png", f"{FIGURES}/claims.pdf",
-                 f"{FIGURES}/claims_trajectory.png", f"{FIGURES}/claims_trajectory.pdf"]
-with open(CLAIMS_REGISTRY) as _f:  # the variants of the speed checks whose two arms this grid has, in grid order
-    _speed = {v for cl in (_yaml.safe_load(_f) or {}).get("claims") or [] for c in cl.get("checks") or []
-              if c.get("kind") == "speed_ratio" and {c.get("treatment"), c.get("control")} <= set(GRID.variants)
-              for v in (c["treatment"], c["control"])}
-SPEED_VARIANTS = [v for v in GRID.variants if v in _speed]
-SPEED_TABLE = f"{RESULTS}/speed.parquet"
+                 *plots_registry.files(FIGURES, plots_registry.names("claims"))]  # claims, claims_trajectory
 # other measured tables the checks read by name (workflows.claims --table NAME=PATH), when the config measures them
 CLAIM_TABLES = {**({"decode": f"{RESULTS}/decode.parquet"} if config.get("decode") is not None else {}),
                 **({"op_profile": f"{RESULTS}/op_profile.parquet"} if config.get("profile") else {})}
-
-
-rule speed:
-    """Side-by-side throughput of the variants the speed claims compare (workflows.bench.speed): one job that takes
-    every core, so no other job runs beside it; torch uses the grid's per-job threads."""
-    output:
-        SPEED_TABLE,
-    log:
-        f"{LOGS}/speed.log",
-    conda:
-        "../../environment.yml"
-    threads: workflow.cores
-    params:
-        runs=shlex.quote(json.dumps({v: GRID.run_dict(v, GRID.variant_seeds(v)[0], GRID.variant_lrs(v)[0])
-                                     for v in SPEED_VARIANTS}, sort_keys=True)),
-        torch_threads=int(config.get("threads", 1)),
-        reps=int((config.get("speed") or {}).get("reps", 7)),
-        steps=int((config.get("speed") or {}).get("steps", 20)),
-    shell:
-        "python -m workflows.bench.speed --runs-json {params.runs} --out {output} --reps {params.reps}"
-        " --steps {params.steps} --threads {params.torch_threads} > {log} 2>&1"
 
 
 rule probe:

@@ -19,15 +19,15 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.json")
 
+# the grid and its configs only: parsing the workflow imports no torch (tests/pipeline/test_imports.py)
 from workflows.grid.grid import Grid, lr_label  # noqa: E402
-from workflows.data.corpus import DataConfig  # noqa: E402
-from workflows.bench.probes import offset_probe_seeds  # noqa: E402
+from workflows.grid.config import DataConfig, offset_probe_seeds  # noqa: E402
 
 try:
     GRID = Grid.from_config(config)
 except ValueError as e:  # ConfigError / DataError: name the field, run nothing
     raise WorkflowError(f"invalid config: {e}") from None
-# seed_offset shifts the probes' seeds too (claims.probes.seeds, default workflows.bench.probes.DEFAULT_SEEDS)
+# seed_offset shifts the probes' seeds too (claims.probes.seeds, default workflows.grid.config.DEFAULT_PROBE_SEEDS)
 if GRID.seed_offset:
     config["claims"] = {**(config.get("claims") or {})}
     config["claims"]["probes"] = offset_probe_seeds((config["claims"].get("probes") or {}), GRID.seed_offset)
@@ -86,3 +86,7 @@ def aggregate_runs():
 
 
 TRAINED_VARIANTS = "|".join(re.escape(v) for v in GRID.trained_variants())  # the train rule's wildcard
+
+# the claims registry: read by the speed rule (which variants to time) and the claims rules
+CLAIMS_CFG = config.get("claims") or {}
+CLAIMS_REGISTRY = repo_path(CLAIMS_CFG.get("registry", "config/claims.yaml"))

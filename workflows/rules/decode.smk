@@ -1,11 +1,14 @@
 # Decode: with `decode:` in the config, KV-cached decoding speed of MHA / GQA / MQA measured side by side in one
 # job that takes every core (workflows.bench.decode): results/decode.parquet (tokens/s and KV-cache bytes per arm × rep ×
 # batch × context) and figures/decode.png/.pdf. Nothing without a `decode:` mapping (`decode: {}` = the defaults).
+from workflows.plots import registry as plots_registry  # the figure names (imports no matplotlib)
+
 DECODE_CFG = config.get("decode")
 DECODE_OUTPUTS = []
+(DECODE_FIGURE,) = plots_registry.names("decode")
 if DECODE_CFG is not None:
     DECODE_TABLE = f"{RESULTS}/decode.parquet"
-    DECODE_OUTPUTS = [DECODE_TABLE, f"{FIGURES}/decode.png", f"{FIGURES}/decode.pdf"]
+    DECODE_OUTPUTS = [DECODE_TABLE, *plots_registry.files(FIGURES, [DECODE_FIGURE])]
 
     rule decode:
         """Decode tokens/s of the grid's model at MHA, GQA and MQA (only n_kv_heads differs), every arm in turn
@@ -36,9 +39,9 @@ if DECODE_CFG is not None:
         input:
             DECODE_TABLE,
         output:
-            png=report(f"{FIGURES}/decode.png", caption="../report/decode.rst", category="Decoding",
-                       labels={"figure": "decode", "format": "PNG"}),
-            pdf=f"{FIGURES}/decode.pdf",
+            png=report(f"{FIGURES}/{DECODE_FIGURE}.png", caption="../report/decode.rst", category="Decoding",
+                       labels={"figure": DECODE_FIGURE, "format": "PNG"}),
+            pdf=f"{FIGURES}/{DECODE_FIGURE}.pdf",
         log:
             f"{LOGS}/decode_figure.log",
         conda:

@@ -1,10 +1,10 @@
 # Figures: the aggregated tables → seaborn figures (PNG + PDF) in FIGURES; every PNG goes into
 # `snakemake --report` with its caption (workflows/report/<name>.rst). One job draws them all.
-# the names of workflows.plots.figures.FIGURES (kept here so parsing the workflow does not import matplotlib)
-FIGURE_NAMES = ["loss_by_variant", "loss_vs_lr", "divergence_heatmap", "throughput", "loss_curves",
-                "activations", "grad_norms", "attn_logits", "weight_norms"]
-SWEEP_FIGURES = [f"sweep_{name}" for name in GRID.sweeps]  # one per hyperparameter sweep (caption: sweep.rst)
-FIGURE_FILES = [f"{FIGURES}/{name}.{fmt}" for name in FIGURE_NAMES + SWEEP_FIGURES for fmt in ("png", "pdf")]
+from workflows.plots import registry as plots_registry  # the figure names (imports no matplotlib)
+
+FIGURE_NAMES = plots_registry.names("grid")
+SWEEP_FIGURES = plots_registry.sweep_names(GRID.sweeps)  # one per hyperparameter sweep (caption: sweep.rst)
+FIGURE_FILES = plots_registry.files(FIGURES, FIGURE_NAMES + SWEEP_FIGURES)
 
 
 rule figures:
@@ -32,5 +32,5 @@ rule figures:
         results=lambda w, input: os.path.dirname(input.runs),  # RESULTS
         out=lambda w, output: os.path.dirname(output[0]),  # FIGURES
     shell:
-        "python -m workflows.plots.figures --results {params.results} --grid {input.grid} --out {params.out} --only {params.names}"
+        "python -m workflows.plots --results {params.results} --grid {input.grid} --out {params.out} --only {params.names}"
         " --data-meta {input.data_meta} > {log} 2>&1"

@@ -1,12 +1,13 @@
 # Ladder: with `ladder:` in the config, every variant trains at every rung (<variant>@<rung>); this rule turns
 # the run table into the compute multipliers (workflows.analysis.ladder): results/ladder.csv/.md, ladder_trend.csv and
 # the figures ladder_curves and compute_multiplier. Nothing without a ladder.
-LADDER_FIGURES = ["ladder_curves", "compute_multiplier"]
+from workflows.plots import registry as plots_registry  # the figure names (imports no matplotlib)
+
+LADDER_FIGURES = plots_registry.names("ladder")
 LADDER_OUTPUTS = []
 if GRID.ladder:
     LADDER_OUTPUTS = [f"{RESULTS}/ladder.csv", f"{RESULTS}/ladder.md", f"{RESULTS}/ladder_trend.csv",
-                      f"{RESULTS}/ladder_decisions.csv"] + [
-        f"{FIGURES}/{name}.{fmt}" for name in LADDER_FIGURES for fmt in ("png", "pdf")]
+                      f"{RESULTS}/ladder_decisions.csv"] + plots_registry.files(FIGURES, LADDER_FIGURES)
 
     rule ladder:
         input:

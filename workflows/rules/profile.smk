@@ -10,9 +10,12 @@ if PROFILE_CFG:
     if _unknown or not PROFILE_VARIANTS:
         raise WorkflowError(f"invalid config: profile.variants={PROFILE_VARIANTS!r}: {_unknown or 'none given'} "
                             f"not in the grid; choose from {list(GRID.variants)}")
+from workflows.plots import registry as plots_registry  # the figure names (imports no matplotlib)
+
 PROFILE_TABLE = f"{RESULTS}/op_profile.parquet"
-PROFILE_OUTPUTS = ([PROFILE_TABLE, f"{RESULTS}/op_profile.md", f"{FIGURES}/op_profile.png",
-                    f"{FIGURES}/op_profile.pdf"] if PROFILE_CFG else [])
+(PROFILE_FIGURE,) = plots_registry.names("op_profile")
+PROFILE_OUTPUTS = ([PROFILE_TABLE, f"{RESULTS}/op_profile.md", *plots_registry.files(FIGURES, [PROFILE_FIGURE])]
+                   if PROFILE_CFG else [])
 
 
 if PROFILE_OUTPUTS:
@@ -21,9 +24,11 @@ if PROFILE_OUTPUTS:
         """torch.profiler breakdown of one training step per variant: FLOP and time share by operator class."""
         output:
             table=PROFILE_TABLE,
-            md=f"{RESULTS}/op_profile.md",
-            png=f"{FIGURES}/op_profile.png",
-            pdf=f"{FIGURES}/op_profile.pdf",
+            md=report(f"{RESULTS}/op_profile.md", caption="../report/op_profile.rst", category="Operator profile",
+                      labels={"op_profile": "table", "format": "Markdown"}),
+            png=report(f"{FIGURES}/{PROFILE_FIGURE}.png", caption="../report/op_profile.rst",
+                       category="Operator profile", labels={"op_profile": "figure", "format": "PNG"}),
+            pdf=f"{FIGURES}/{PROFILE_FIGURE}.pdf",
         log:
             f"{LOGS}/op_profile.log",
         conda:

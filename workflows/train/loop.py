@@ -5,17 +5,21 @@
     python -m workflows.train --json ... --out ... --assigned-lrs lr_assignment.json  # an LR-pilot grid's evaluation job
 
 A run config has five keys: ``variant`` (a label), ``seed``, ``model`` (a ``models.ModelConfig``),
-``data`` (a ``workflows.data.corpus.DataConfig``) and ``train`` (``TrainConfig`` below). Unknown keys or
-values fail before any data is loaded, naming the field.
+``data`` (a ``DataConfig``) and ``train`` (a ``TrainConfig``): ``RunConfig``, in workflows/grid/config.py. Unknown
+keys or values fail before any data is loaded, naming the field.
 
 Reading order: ``fit`` is the training loop of one run (nanoGPT-style, top to bottom; it ends on a
-divergence reason with a ``break``); ``Job`` is what the runs of a job share (device, data, one model
-re-initialised in place per run, so a compiled job compiles once: tests/test_gpu_path.py counts it);
+divergence reason with a ``break``); its step (forward, loss, backward, clipping, AdamW) is
+``workflows.train.step.train_step``, the one the speed bench, the operator profile and the probes call too;
+``Job`` is what the runs of a job share (device, data, one model
+re-initialised in place per run, so a compiled job compiles once: tests/train/test_gpu_path.py counts it);
 ``run_job`` walks the job's runs; measurement lives in ``workflows.train.measure`` (``Recorder``, ``RunState``)
 and the device-specific pieces (step clock, peak memory, memory cap) in ``workflows.train.device``.
 
 On an accelerator nothing blocks the host per step: steps are timed by CUDA events read once per log
-interval, losses stay on the device until then, a run's batch offsets are moved to the device once.
+interval, losses stay on the device until then; a job whose token stream fits its share of the GPU memory budget
+(workflows.train.memory.TOKENS_ON_DEVICE_SHARE) keeps it there and moves a run's batch offsets there once, any
+other gathers each step's windows on the host and copies them from pinned memory without blocking.
 On CPU every step is timed by the host clock, as it always was.
 
 Training: AdamW with decay / no-decay groups, linear warmup then cosine decay to a floor, gradient
@@ -48,134 +52,31 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from models import ModelConfig, build
-from models.config import ConfigError, check_types, from_mapping
-from models import custom
+from models import build
+from models import parity
+from models.checks import ConfigError
 from models.init import reset_parameters
 from models.norms import NORMS
 
 from workflows.train import device as dev
-from workflows.data.corpus import DataConfig, DataError, prepare, train_batch, val_windows, window_starts
+# the run's configuration lives with the grid (no torch); its names stay importable from here
+from workflows.grid.config import NO_DECAY_GROUPS, DataConfig, RunConfig, TrainConfig  # noqa: F401
+from workflows.data.corpus import DataError, gather_windows, prepare, train_batch, val_windows, window_starts
 from workflows.io import atomic_path, write_json
 from workflows.train.measure import Recorder, RunState, layer_params, layer_snapshot, weight_matrices, weight_norms
+from workflows.train.memory import tokens_on_device
+# the one training step, shared with the benches; losses and train_step stay importable from here
+from workflows.train.step import autocast, forward_loss, grad_scaler, losses, train_step  # noqa: F401
 
-NO_DECAY_GROUPS = ("norm", "bias", "embedding")
 # torch.compile backend of a compiled job: inductor; tests pick a cheap one ("aot_eager") or a counting one
 COMPILE_BACKEND = os.environ.get("ARCHBENCH_COMPILE_BACKEND") or "inductor"
 IGNORE_INDEX = -100  # target of a padding window in a fixed-shape evaluation batch (F.cross_entropy's default)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 3e-3
-    warmup_steps: int = 30
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.1
-    no_decay: list = field(default_factory=lambda: list(NO_DECAY_GROUPS))
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    grad_clip: float | None = 1.0
-    z_loss: float = 0.0
-    log_every: int = 10
-    eval_every: int = 100
-    eval_windows: int = 64  # the learning curve's fixed windows (evaluated every eval_every steps)
-    final_eval_windows: int | None = None  # the final score's windows; None: the whole validation split
-    stats_every: int = 50  # per-layer statistics; 0 = off
-    checkpoint_every: int = 100  # 0 = off
-    divergence_margin: float = 0.1  # nats above ln(vocab)
-    divergence_patience: int = 5  # consecutive log checks
-    divergence_ema: float = 0.9
-    timing_warmup_steps: int = 10  # excluded from steady-state throughput
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 autocast on CUDA) | float32 | bfloat16
-    compile: str = "auto"  # auto (on for CUDA, off for CPU) | on | off
-    threads: int | None = None  # torch threads; None = the caller's (--threads) or torch's default
-
-    def __post_init__(self):
-        check_types(self, ConfigError)
-        for name in ("steps", "batch_size", "log_every", "eval_every", "eval_windows"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be a positive integer")
-        for name in ("warmup_steps", "stats_every", "checkpoint_every", "timing_warmup_steps", "divergence_patience"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        for name in ("beta1", "beta2", "divergence_ema"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be in [0, 1)")
-        if self.weight_decay < 0 or self.z_loss < 0 or self.divergence_margin < 0:
-            raise ConfigError("train.weight_decay, train.z_loss and train.divergence_margin must be >= 0")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"train.grad_clip={self.grad_clip} must be > 0 or null (off)")
-        bad = sorted(set(self.no_decay) - set(NO_DECAY_GROUPS))
-        if bad:
-            raise ConfigError(f"train.no_decay has {bad}; allowed entries: {list(NO_DECAY_GROUPS)}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"train.dtype={self.dtype!r}; choose one of ['auto', 'float32', 'bfloat16', 'float16']")
-        if self.compile not in ("auto", "on", "off"):
-            raise ConfigError(f"train.compile={self.compile!r}; choose one of ['auto', 'on', 'off']")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"train.device={self.device!r}; choose one of ['auto', 'cpu', 'cuda', 'cuda:N']")
-        if self.final_eval_windows is not None and self.final_eval_windows < 1:
-            raise ConfigError(f"train.final_eval_windows={self.final_eval_windows} must be a positive integer or "
-                              "null (every window of the validation split)")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"train.threads={self.threads} must be a positive integer or null")
-
-
-@dataclass
-class RunConfig:
-    model: ModelConfig
-    data: DataConfig
-    train: TrainConfig
-    seed: int = 0
-    variant: str = "custom"
-
-    @classmethod
-    def from_dict(cls, d) -> "RunConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a run config must be a mapping, got {type(d).__name__}")
-        allowed = {"model", "data", "train", "seed", "variant"}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown run config key(s) {unknown}; allowed keys: {sorted(allowed)}")
-        seed = d.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"seed={seed!r} must be a non-negative integer")
-        variant = d.get("variant", "custom")
-        if not isinstance(variant, str) or not variant:
-            raise ConfigError(f"variant={variant!r} must be a non-empty string")
-        data = DataConfig.from_dict(d.get("data") or {})
-        model = ModelConfig.from_dict({"vocab_size": data.vocab_size, **(d.get("model") or {})})
-        if model.vocab_size != data.vocab_size:
-            raise ConfigError(f"model.vocab_size={model.vocab_size} differs from the tokenizer's vocabulary "
-                              f"({data.tokenizer}: {data.vocab_size}); drop model.vocab_size to derive it")
-        return cls(model=model, data=data, train=from_mapping(TrainConfig, d.get("train"), ConfigError,
-                                                              "train config"), seed=seed, variant=variant)
-
-    @classmethod
-    def from_yaml(cls, path) -> "RunConfig":
-        import yaml
-
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
-
-    def to_dict(self) -> dict:
-        return {"variant": self.variant, "seed": self.seed, "model": self.model.to_dict(),
-                "data": asdict(self.data), "train": asdict(self.train)}
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,13 +124,6 @@ def fingerprint(cfg: RunConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-def losses(logits: torch.Tensor, y: torch.Tensor, z_loss: float):
-    """(cross-entropy, cross-entropy + z_loss · mean log²Z): the loss reported and the loss trained on."""
-    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-    total = loss + z_loss * torch.logsumexp(logits.float(), dim=-1).pow(2).mean() if z_loss else loss
-    return loss, total
-
-
 class Job:
     """What the runs of one job share: the device and dtype, the token data, the peak FLOP/s, the memory
     cap, and one model (built, and compiled if asked, once; ``model_for`` re-draws its weights in place
@@ -239,11 +133,18 @@ class Job:
                  gpu_mem_mb: float | None = None):
         self.device = dev.resolve_device(first.train.device)
         self.dtype = dev.resolve_dtype(first.train.dtype, self.device)
-        self.mem_fraction = dev.cap_memory(self.device, dev.gpu_mem_budget_mb(gpu_mem_mb))
+        budget = dev.gpu_mem_budget_mb(gpu_mem_mb)
+        self.mem_fraction = dev.cap_memory(self.device, budget)
         self.data_cfg, self.data = first.data, prepare(first.data, work)
-        # on CUDA the whole token stream lives on the GPU (int32) and windows are gathered there
-        self.train_tokens = (torch.from_numpy(self.data.train.astype("int32")).to(self.device)
-                             if self.device.type == "cuda" else self.data.train)
+        # on CUDA the token stream lives on the GPU (int32, windows gathered there) only when it fits its share of the
+        # job's budget (or, without one, of the GPU's memory): workflows.train.memory.tokens_on_device, the rule the
+        # budget check counts by; otherwise each step's windows are gathered on the host and copied (``batch``)
+        on_gpu = self.device.type == "cuda" and tokens_on_device(
+            first.data, len(self.data.train),
+            budget or torch.cuda.get_device_properties(self.device).total_memory / 2**20)
+        self.tokens_on = "device" if on_gpu else "host"  # recorded in each run's provenance (train_tokens_on)
+        self.train_tokens = (torch.from_numpy(self.data.train.astype("int32")).to(self.device) if on_gpu
+                             else self.data.train)
         self.peak = dev.peak_flops(self.device, self.dtype, peak_file, persist=peak_persist)
         self.model_cfg, self.model, self.fwd, self.loss_fn, self.compiled = None, None, None, None, False
         self.val_cache: dict = {}  # (context, eval_windows, batch_size, fixed shape) -> evaluation batches
@@ -256,12 +157,9 @@ class Job:
         compile_on = cfg.train.compile == "on" or (cfg.train.compile == "auto" and self.device.type == "cuda")
         if (cfg.model, compile_on) != (self.model_cfg, self.compiled):
             model = self.model = build(cfg.model).to(self.device)
-
-            def loss_fn(x, y, z_loss):  # forward and loss in one (compiled) graph
-                return losses(model(x), y, z_loss)
-
             self.fwd = torch.compile(model, backend=COMPILE_BACKEND) if compile_on else model
-            self.loss_fn = torch.compile(loss_fn, backend=COMPILE_BACKEND) if compile_on else loss_fn
+            # forward and loss in one (compiled) graph: the train step's loss_fn
+            self.loss_fn = forward_loss(model, COMPILE_BACKEND if compile_on else None)
             self.model_cfg, self.compiled = cfg.model, compile_on
         torch.manual_seed(cfg.seed)
         reset_parameters(self.model, cfg.model)
@@ -269,8 +167,8 @@ class Job:
         return self.model, self.fwd
 
     def begin_run(self, cfg: RunConfig) -> None:
-        """Per run: reset the peak-memory window and the GPU-sharing samples (the first taken now); on CUDA
-        move the run's batch offsets to the device once."""
+        """Per run: reset the peak-memory window and the GPU-sharing samples (the first taken now); with the
+        tokens on the GPU move the run's batch offsets there once."""
         dev.reset_peak_memory(self.device)
         self.neighbours = [dev.gpu_neighbours(self.device)]
         if isinstance(self.train_tokens, torch.Tensor):
@@ -286,14 +184,17 @@ class Job:
                 self.offsets_key = key
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return autocast(self.device, self.dtype)
 
     def batch(self, cfg: RunConfig, step: int):
+        """(x, y) of ``step`` on the job's device: gathered where the tokens live, the same ids either way
+        (workflows.data.corpus.train_batch)."""
         key = (cfg.seed, cfg.train.steps, cfg.train.batch_size, cfg.model.context_length)
         if self.offsets is not None and key == self.offsets_key and step < len(self.offsets):
-            w = self.train_tokens[self.offsets[step][:, None] + self.window[None, :]].long()
-            return w[:, :-1], w[:, 1:]
+            return gather_windows(self.train_tokens, self.offsets[step], self.window)
         x, y = train_batch(self.train_tokens, cfg.train.batch_size, cfg.model.context_length, cfg.seed, step)
+        if self.device.type == "cuda":  # from pinned memory the copies do not block the host (nanoGPT's get_batch)
+            x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def eval_batches(self, cfg: RunConfig, final: bool = False) -> dict:
@@ -339,21 +240,6 @@ class Job:
         for v in torch.stack(sums).tolist():  # summed in float64 in batch order, as .item() per batch did
             total += v
         return total / n
-
-
-def train_step(job: Job, x, y, tc: TrainConfig, stats: bool, scaler=None):
-    """Forward and backward of one batch: (loss, per-layer statistics or None). Its own function so
-    that tests can interrupt or poison a run at a chosen step. A statistics step runs the eager module:
-    its read-outs (.tolist()/.item() in the model's statistics) stay out of the compiled graph.
-    ``scaler``: an fp16 run's ``torch.amp.GradScaler`` (the loss is scaled before backward)."""
-    with job.autocast():
-        if stats:
-            logits, st = job.model(x, stats=True)
-            loss, total = losses(logits, y, tc.z_loss)
-        else:
-            (loss, total), st = job.loss_fn(x, y, tc.z_loss), None
-    (scaler.scale(total) if scaler is not None else total).backward()
-    return loss.detach(), st
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -415,7 +301,7 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     model, _ = job.model_for(cfg)
     opt = make_optimizer(model, tc, job.device)
     # fp16 autocast needs loss scaling (bf16 and fp32 do not): gradients are unscaled before clipping
-    scaler = torch.amp.GradScaler(job.device.type) if job.dtype == torch.float16 else None
+    scaler = grad_scaler(job.device, job.dtype)
     clock = dev.StepClock(job.device)
     rec = Recorder(cfg, init_loss=math.log(cfg.model.vocab_size), bytes_per_token=job.data.bytes_per_token,
                    clock=clock)
@@ -424,6 +310,11 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     job.begin_run(cfg)
     rec.begin_segment()
     layers, weights = layer_params(model), weight_matrices(model)
+    snap = {}
+
+    def on_grads():  # a statistics step: gradients before clipping, weights before this step's update
+        snap["layers"], snap["norms"] = layer_snapshot(layers), weight_norms(weights)
+
     step, diverged = rec.state.step, None  # diverged: the reason the run stopped early, or None
     if not resumed:
         torch.manual_seed(cfg.seed + 1)  # dropout RNG: independent of whatever ran before
@@ -431,25 +322,14 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     while diverged is None and step < tc.steps:
         tick = clock.start()
         lr = lr_at(step, tc)
-        for group in opt.param_groups:
-            group["lr"] = lr
         x, y = job.batch(cfg, step)
         stats = tc.stats_every > 0 and step % tc.stats_every == 0
-        loss, st = train_step(job, x, y, tc, stats, scaler)
-        if scaler is not None:
-            scaler.unscale_(opt)
-        snapshot = layer_snapshot(layers) if stats else None
-        norms = weight_norms(weights) if stats else None  # the weights this step's update starts from
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-        if scaler is not None:  # skips the step on inf/nan gradients and adapts the scale
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        # the one training step (workflows.train.step), looked up here so that tests can interrupt or poison a run
+        r = train_step(model, opt, x, y, tc, loss_fn=job.loss_fn, dtype=job.dtype, lr=lr, stats=stats,
+                       scaler=scaler, on_grads=on_grads if stats else None)
         if stats:
-            rec.layer_stats(step, st, snapshot, layers, norms)
-        rec.step(step, loss, grad_norm.detach(), lr, clock.stop(tick), timed=not stats)
+            rec.layer_stats(step, r.stats, snap["layers"], layers, snap["norms"])
+        rec.step(step, r.loss, r.grad_norm.detach(), lr, clock.stop(tick), timed=not stats)
         step += 1
         if step % tc.log_every == 0 or step == tc.steps:
             diverged = rec.check_divergence(step - 1)  # the interval's one host read-out
@@ -473,11 +353,12 @@ def fit(job: Job, cfg: RunConfig, store: Path):
     extra = {"eval_batches": job.eval_batches(cfg)["record"], "final_eval_batches": job.eval_batches(cfg, True)["record"],
              "compile_backend": backend,
              "gpu_mem_fraction": job.mem_fraction,
+             "train_tokens_on": job.tokens_on,  # "device": the token stream on the GPU; "host": memory-mapped
              # other compute processes on this GPU at the start, each evaluation and the end of this segment:
              # tokens/s and MFU of a run that shared it depend on them (None: CPU, or no process listing)
              "gpu_neighbours": dev.neighbour_summary(job.neighbours)}
     metrics = rec.metrics(model, job.device, job.dtype, job.compiled, job.peak, job.data, extra)
-    if custom_modules := custom.report(cfg.model):  # parity of the user's modules vs the built-ins they replace
+    if custom_modules := parity.report(cfg.model):  # parity of the user's modules vs the built-ins they replace
         metrics["custom_modules"] = custom_modules  # (models/custom.py)
     return metrics, rec.history_table()
 

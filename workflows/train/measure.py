@@ -105,7 +105,7 @@ def layer_snapshot(layers: dict[int, list[torch.Tensor]]) -> tuple[dict, dict]:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The repository's commit (+ "-dirty"), once per process: a job's runs share it."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
