@@ -21,6 +21,7 @@ from torch import nn
 from . import choices
 from .norms import make_norm
 from .positions import Rotary
+from .statistics import ATTN_LOGIT_MAX
 
 
 try:
@@ -115,7 +116,7 @@ class Attention(nn.Module):
             return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
         q, k, v = self.heads(qkv)
         if rec is not None:
-            rec["attn_logit_max"] = self.max_logit(q, k)
+            rec[ATTN_LOGIT_MAX.name] = self.max_logit(q, k)
         p = self.dropout if self.training else 0.0
         if self.cap is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=self.scale,

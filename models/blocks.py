@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import choices
+from . import choices, statistics
 from .attention import Attention
 from .choices import BLOCKS, FINAL_NORM  # noqa: F401  (declared in models/choices.py)
 from .custom import build_attention
@@ -123,16 +123,15 @@ class Block(nn.Module):
         wrap = NORM_POSITIONS[cfg.norm_position]
         if cfg.block == "parallel":
             self.sublayers = nn.ModuleList([wrap(ParallelAttnFFN(cfg), cfg)])
-            self.sites = ("attn+ffn",)
         else:
             attn = Attention(cfg) if cfg.attention_module is None else build_attention(cfg)  # models/custom.py
             self.sublayers = nn.ModuleList([wrap(attn, cfg), wrap(FFN(cfg), cfg)])
-            self.sites = ("attn", "ffn")
+        self.sites = statistics.BLOCK_SITES[cfg.block]  # the residual stream's site after each sublayer
 
     def forward(self, x: torch.Tensor, rec: dict | None = None, cache=None) -> torch.Tensor:
         for site, sub in zip(self.sites, self.sublayers):
             x = sub(x, rec, cache)
             if rec is not None:
-                rec.setdefault("residual", []).append((site, x.detach()))
+                rec.setdefault(statistics.RESIDUAL, []).append((site, x.detach()))
         return x
 

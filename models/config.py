@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import yaml
+
 from .checks import ConfigError, check_types, from_mapping  # noqa: F401  (models.config.ConfigError: the same class)
 from .choices import CHOICES, FINAL_NORM, USER_FIELDS, is_custom, is_gated
 
@@ -169,14 +171,10 @@ class ModelConfig:
         return from_mapping(cls, d, ConfigError, "model config")
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> "ModelConfig":
-        import yaml
-
         return cls.from_dict(yaml.safe_load(text) or {})
 
     def replace(self, **changes) -> "ModelConfig":

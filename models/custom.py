@@ -37,6 +37,7 @@ from torch import nn
 
 from .checks import ConfigError
 from .choices import USER_FIELDS as FIELDS, is_custom  # noqa: F401  (FIELDS: the fields a user class may fill)
+from .statistics import ATTN_LOGIT_MAX
 
 SIGNATURES = {"norm": "(dim, eps, bias)", "ffn": "(d_model, d_ff, bias)", "attention_module": "(cfg)"}
 FORWARDS = {"norm": "forward(x)", "ffn": "forward(x)", "attention_module": "forward(x, rec=None)"}
@@ -108,8 +109,8 @@ class UserAttention(nn.Module):
         if cache is not None:
             raise NotImplementedError(f"{type(self.inner).__name__} (a custom attention_module) has no KV cache")
         y = self.inner(x, rec)
-        if rec is not None and "attn_logit_max" not in rec:
-            rec["attn_logit_max"] = torch.tensor(float("nan"), device=x.device)
+        if rec is not None and ATTN_LOGIT_MAX.name not in rec:
+            rec[ATTN_LOGIT_MAX.name] = torch.tensor(float("nan"), device=x.device)
         return y
 
 

@@ -3,7 +3,8 @@
 Instrumentation is off by default and costs one ``is None`` check per sublayer. With
 ``forward(tokens, stats=True)`` the model returns ``(logits, stats)`` where stats holds, per layer
 and sublayer, the residual stream's mean / std / RMS / min / max, the max attention logit per layer,
-and the mean and max over positions of the output log-partition log Z = logsumexp(logits).
+and the mean and max over positions of the output log-partition log Z = logsumexp(logits), under the names
+models/statistics.py declares.
 ``forward(tokens, cache=KVCache(...))`` decodes incrementally instead (models/kvcache.py): the tokens run at
 the positions after those already cached, and their keys and values are appended to the cache.
 """
@@ -18,8 +19,9 @@ from .config import ModelConfig
 from .init import initialise
 from .norms import make_norm
 from .positions import ADDITIVE_POSITIONS
+from .statistics import ATTN_LOGIT_MAX, EMBED, LOGZ_MAX, LOGZ_MEAN, RESIDUAL, RESIDUAL_MOMENTS
 
-STAT_FIELDS = ("mean", "std", "rms", "min", "max")
+STAT_FIELDS = RESIDUAL_MOMENTS  # the moments of each residual-stream row (models/statistics.py)
 
 
 def _moments(x: torch.Tensor) -> torch.Tensor:
@@ -81,19 +83,19 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def _collect(self, emb, recs, logits) -> dict:
-        rows, tensors = [("embed", -1)], [_moments(emb)]
+        rows, tensors = [(EMBED, -1)], [_moments(emb)]
         for i, rec in enumerate(recs):
-            for site, x in rec["residual"]:
+            for site, x in rec[RESIDUAL]:
                 rows.append((site, i))
                 tensors.append(_moments(x))
         values = torch.stack(tensors).tolist()
         logz = torch.logsumexp(logits.float(), dim=-1)
         return {
-            "residual": [dict(layer=layer, site=site, **dict(zip(STAT_FIELDS, v)))
-                         for (site, layer), v in zip(rows, values)],
-            "attn_logit_max": torch.stack([r["attn_logit_max"] for r in recs]).tolist(),
-            "logz_mean": logz.mean().item(),
-            "logz_max": logz.amax().item(),
+            RESIDUAL: [dict(layer=layer, site=site, **dict(zip(STAT_FIELDS, v)))
+                       for (site, layer), v in zip(rows, values)],
+            ATTN_LOGIT_MAX.name: torch.stack([r[ATTN_LOGIT_MAX.name] for r in recs]).tolist(),
+            LOGZ_MEAN.name: logz.mean().item(),
+            LOGZ_MAX.name: logz.amax().item(),
         }
 
     def layer_of(self, param_name: str) -> int | None:

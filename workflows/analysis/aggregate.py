@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from models import ModelConfig
+from models import statistics as S
 
 from workflows.analysis import selection
 from workflows.analysis import stats
@@ -61,6 +62,24 @@ def spike_score(grad_norms: np.ndarray, window: int = 1000, sigmas: float = 7.0)
     if not valid.any():
         return math.nan
     return float(100 * ((s > mean + sigmas * std) & valid).sum() / valid.sum())
+
+
+def derived_columns(h: pd.DataFrame) -> dict:
+    """The run-table columns taken from a run's history, each from the statistic that declares it
+    (``columns`` in models/statistics.py); NaN without its rows (``final_weight_norm``: absent)."""
+    tr = S.select(h, S.TRAIN_LOSS).sort_values("step")
+    gn = S.select(h, S.TRAIN_GRAD_NORM).sort_values("step")
+    logit = S.select(h, S.ATTN_LOGIT_MAX)
+    logz = S.select(h, S.LOGZ_MEAN).sort_values("step")
+    row = {"final_train_loss": float(tr.value.iloc[-10:].mean()) if len(tr) else math.nan,
+           "max_attn_logit": float(logit.value.max()) if len(logit) else math.nan,
+           "final_logz_mean": float(logz.value.iloc[-1]) if len(logz) else math.nan,
+           "grad_spike_score": spike_score(gn.value.to_numpy()) if len(gn) else math.nan}
+    wn = S.select(h, S.WEIGHT_NORM)
+    if len(wn):  # the Frobenius norm of all weight matrices together at the last statistics step
+        last = wn[wn.step == wn.step.max()]
+        row["final_weight_norm"] = float(np.sqrt((last.value.astype(float) ** 2).sum()))
+    return row
 
 
 def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict, pd.DataFrame]:
@@ -95,18 +114,7 @@ def run_row(run_dir: Path, grid: dict, variant: str | None = None) -> tuple[dict
     row["gpu_neighbours"] = float(neighbours["max"]) if neighbours.get("max") is not None else math.nan
     fraction = prov.get("gpu_mem_fraction")
     row["gpu_mem_fraction"] = float(fraction) if fraction is not None else math.nan
-    tr = h[(h.kind == "train") & (h.metric == "loss")].sort_values("step")
-    gn = h[(h.kind == "train") & (h.metric == "grad_norm")].sort_values("step")
-    logit = h[(h.kind == "layer") & (h.metric == "attn_logit_max")]
-    logz = h[(h.kind == "logits") & (h.metric == "logz_mean")].sort_values("step")
-    row["final_train_loss"] = float(tr.value.iloc[-10:].mean()) if len(tr) else math.nan
-    row["max_attn_logit"] = float(logit.value.max()) if len(logit) else math.nan
-    row["final_logz_mean"] = float(logz.value.iloc[-1]) if len(logz) else math.nan
-    row["grad_spike_score"] = spike_score(gn.value.to_numpy()) if len(gn) else math.nan
-    wn = h[(h.kind == "layer") & (h.metric == "weight_norm")]
-    if len(wn):  # the Frobenius norm of all weight matrices together at the last statistics step
-        last = wn[wn.step == wn.step.max()]
-        row["final_weight_norm"] = float(np.sqrt((last.value.astype(float) ** 2).sum()))
+    row.update(derived_columns(h))
     h.insert(0, "lr", m["lr"])
     h.insert(0, "seed", m["seed"])
     h.insert(0, "variant", label)
@@ -168,7 +176,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
 
     val_hist = None
     if history is not None and len(history):
-        val_hist = history[(history.kind == "val") & (history.metric == "loss")]
+        val_hist = S.select(history, S.VAL_LOSS)
     def baseline_of(v):  # a ladder's <arm>@<rung> compares with <baseline>@<rung> (workflows.analysis.ladder)
         return grid["variants"].get(v, {}).get("baseline", baseline)
 

@@ -41,17 +41,25 @@ The analysis (``ladder_table``), per variant and rung, at each seed's cross-fitt
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import curve_fit
 
-from workflows.analysis import selection
-from workflows.analysis import stats
+from workflows.analysis import selection, stats
 from workflows.analysis.flags import best_lr_at_edge
+from workflows.analysis.scale import scale_line
+from workflows.data.corpus import train_unigram_entropy
+
 # the expansion (config → variants) is the grid's; its names stay importable from here
 from workflows.grid.ladder import FITS, MIN_RUNGS, SEP, expand, name_of  # noqa: F401
+from workflows.io import atomic_path, write_text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,8 +102,6 @@ def fit_curve(lnc, loss, form: str) -> Fit | None:
         b, a = np.polyfit(x, y, 1)
         params = (float(a), float(b))
     else:
-        from scipy.optimize import curve_fit
-
         x0 = x.min()
         try:  # L = a·exp(-b·(x - x0)) + c, reparametrised for conditioning; a_C = a·exp(b·x0)
             p, _ = curve_fit(lambda t, a, b, c: a * np.exp(-b * (t - x0)) + c, x, y,
@@ -527,14 +533,6 @@ def fit_lines(table: pd.DataFrame, ladder: dict, n: int = 50) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    import argparse
-    import json
-    import sys
-    from pathlib import Path
-
-    from workflows.io import atomic_path, write_text
-    from workflows.analysis.scale import scale_line
-
     ap = argparse.ArgumentParser(description="The ladder's curves and compute multipliers: runs.parquet → "
                                              "ladder.csv/.md and the ladder_curves / compute_multiplier figures.")
     ap.add_argument("--runs", required=True)
@@ -560,8 +558,6 @@ def main(argv=None) -> int:
     if args.figures:
         h = math.nan
         if args.data_meta:
-            from workflows.data.corpus import train_unigram_entropy
-
             h = train_unigram_entropy(args.data_meta)["nats_per_token"]
         from workflows.plots.ladder import figures  # ladder_curves, compute_multiplier
 

@@ -32,9 +32,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
-from workflows.train import device as dev
+from models import ConfigError, ModelConfig, build
+from models.kvcache import KVCache, kv_cache_bytes
 from workflows.io import write_parquet
+from workflows.train import device as dev
 
 ARMS = ("mha", "gqa", "mqa")
 DECODE_SCALE = {"d_model": 256, "n_heads": 8, "n_layers": 4, "head_dim": None, "d_ff": None}
@@ -47,8 +50,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def default_model() -> dict:
     """config/config.yaml's ``model`` mapping (the grid's baseline)."""
-    import yaml
-
     path = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
     return dict((yaml.safe_load(path.read_text()) or {}).get("model") or {})
 
@@ -56,8 +57,6 @@ def default_model() -> dict:
 def arm_configs(model: dict, overrides: dict | None, max_len: int, arms=ARMS) -> dict:
     """{arm: ModelConfig}: ``model`` with ``overrides`` (None: DECODE_SCALE) on top, context_length =
     ``max_len`` and n_kv_heads per arm (module docstring). Raises ConfigError naming the field."""
-    from models import ConfigError, ModelConfig
-
     unknown = sorted(set(arms) - set(ARMS))
     if unknown or not arms:
         raise ConfigError(f"decode arms {unknown or list(arms)} are not allowed; choose from {list(ARMS)}")
@@ -109,9 +108,6 @@ class Decoder:
     """One arm's model with one KV cache per batch size, filled with random K/V (module docstring)."""
 
     def __init__(self, cfg, batches, device: torch.device, dtype: torch.dtype, seed: int = 0):
-        from models import build
-        from models.kvcache import KVCache
-
         torch.manual_seed(seed)
         self.cfg, self.device = cfg, device
         self.model = build(cfg).to(device=device, dtype=dtype).eval()
@@ -143,8 +139,6 @@ def measure(model: dict | None = None, overrides: dict | None = None, batches=BA
             reps: int = 5, steps: int = 8, warmup: int = 1, arms=ARMS, device: str | None = None,
             dtype: str = "float32", seed: int = 0) -> pd.DataFrame:
     """One row per (arm, rep, batch, context): decode tokens/s measured side by side (module docstring)."""
-    from models.kvcache import kv_cache_bytes
-
     for name, values in (("batch", batches), ("context", contexts)):
         if not values or any(int(v) != v or v < 1 for v in values):
             raise ValueError(f"--{name} {list(values)}: every value must be a positive integer")

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from models import flops_per_token
+from workflows.io import write_json
 from workflows.train import device as dev
 from workflows.train import step as S
 from workflows.train.loop import Job, RunConfig, make_optimizer
+from workflows.train.measure import layer_params, layer_snapshot
 
 SIZES = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, context_length=128),
@@ -35,8 +38,6 @@ class Bench:
     """One model of a benchmark size with its optimizer, stepped outside the training loop."""
 
     def __init__(self, size: str, batch_size: int, work: str, stats_every: int, compile_: str):
-        from pathlib import Path
-
         self.cfg = RunConfig.from_dict({
             "variant": f"bench-{size}", "seed": 0, "model": {**SIZES[size], **GPT2_AXES},
             "train": {"steps": 10**4, "batch_size": batch_size, "stats_every": stats_every, "checkpoint_every": 0,
@@ -56,8 +57,6 @@ class Bench:
         stats = tc.stats_every > 0 and step % tc.stats_every == 0
         on_grads = None
         if stats:
-            from workflows.train.measure import layer_params, layer_snapshot
-
             def on_grads():
                 layer_snapshot(layer_params(self.model))
         S.train_step(self.model, self.opt, x, y, tc, loss_fn=self.job.loss_fn, dtype=self.job.dtype, stats=stats,
@@ -121,7 +120,6 @@ def bench(size: str, batch_size: int, steps: int, work: str, compile_: str) -> d
     with_stats = time_steps(stats_run, 100 if run.job.device.type == "cpu" else 200, warm)
     tokens = batch_size * run.cfg.model.context_length
     step = statistics.median(plain)
-    from models import flops_per_token
 
     fpt = flops_per_token(run.cfg.model)
     inner = sum(phases.values())
@@ -155,8 +153,6 @@ def main(argv=None):
         for r in rows:
             print(f"{r['key']}: {r['flops'] / 1e12:.3f} TFLOP/s sustained ({r['method']})")
         if args.json:
-            from workflows.io import write_json
-
             write_json(args.json, rows)
         return
     rows = [bench(s, args.batch_size, args.steps, args.work, args.compile) for s in args.sizes]
@@ -169,8 +165,6 @@ def main(argv=None):
           f"{rows[0]['compiled']}; MFU = tokens/s x (6N + 12LHQT) / measured peak matmul FLOP/s "
           f"({rows[0]['peak_flops'] / 1e9:.0f} GFLOP/s)")
     if args.json:
-        from workflows.io import write_json
-
         write_json(args.json, rows)
 
 

@@ -70,11 +70,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from scipy.special import beta
+from torch import nn
 
+from models import ModelConfig, build, count_params, kv_cache_bytes_per_token
+from models.attention import Attention
+from models.attention import softcap as cap_fn
 from models.checks import ConfigError, check_types, from_mapping
-
+from workflows.data.corpus import DataConfig, prepare, train_batch
 # the probes' seeds and their seed_offset shift are the grid's (the Snakefile applies them without torch)
 from workflows.grid.config import DEFAULT_PROBE_SEEDS as DEFAULT_SEEDS, offset_probe_seeds  # noqa: F401
+from workflows.io import write_parquet
+from workflows.train import step as S
+from workflows.train.loop import TrainConfig, lr_at, make_optimizer
 
 PROBE_COLUMNS = ("probe", "arm", "seed", "depth", "layer", "metric", "value", "params", "tokens")
 SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -131,8 +143,6 @@ class ProbeSettings:
 
 def probe_model_config(grid_model: dict, settings: ProbeSettings, arm: dict, depth: int, vocab_size: int):
     """grid architecture axes ← probe shape ← arm overrides ← depth (see module docstring)."""
-    from models import ModelConfig
-
     base = {k: v for k, v in (grid_model or {}).items() if k not in SHAPE_FIELDS}
     cfg = {**base, **DEFAULT_MODEL, **settings.model, **(arm or {}), "n_layers": depth, "vocab_size": vocab_size}
     return ModelConfig.from_dict(cfg)
@@ -148,32 +158,22 @@ class Probe:
         self.tokens = None
         self.vocab_size = 256
         if data is not None:
-            from workflows.data.corpus import DataConfig, prepare
-
             dc = DataConfig.from_dict(data)
             self.vocab_size = dc.vocab_size
             self._data = (dc, work)
 
     def train_tokens(self):
         if self.tokens is None:
-            from workflows.data.corpus import prepare
-
             self.tokens = np.asarray(prepare(*self._data).train)
         return self.tokens
 
     def model(self, arm: str, depth: int, seed: int):
-        import torch
-
-        from models import build
-
         cfg = probe_model_config(self.grid_model, self.settings, self.arms[arm], depth, self.vocab_size)
         torch.manual_seed(seed)
         return cfg, build(cfg)
 
     def instances(self, depths):
         """(arm, depth, seed, cfg, model, total params) for every arm × depth × seed, models freshly seeded."""
-        from models import count_params
-
         for arm in self.arms:
             for depth in depths:
                 for seed in self.settings.seeds:
@@ -181,8 +181,6 @@ class Probe:
                     yield arm, depth, seed, cfg, model, count_params(model)["total"]
 
     def batch(self, cfg, seed: int, i: int):
-        from workflows.data.corpus import train_batch
-
         # batches a pure function of (probe seed, index), distinct from the training runs' streams
         return train_batch(self.train_tokens(), self.settings.batch_size, cfg.context_length, 7919 + seed, i)
 
@@ -200,10 +198,6 @@ class Probe:
         """``train_steps`` AdamW steps on training batches (indices after the measurement batches), each the
         training loop's step (``workflows.train.step.train_step``: fp32, eager, no z-loss, clipping at 1, the
         warmup-cosine LR); returns the training tokens seen."""
-        import torch
-
-        from workflows.train import step as S
-        from workflows.train.loop import TrainConfig, lr_at, make_optimizer
 
         s = self.settings
         tc = TrainConfig(steps=max(s.train_steps, 1), lr=s.train_lr, warmup_steps=s.train_steps // 10,
@@ -221,8 +215,6 @@ class Probe:
                           int(tokens)))
 
     def frame(self):
-        import pandas as pd
-
         return pd.DataFrame(self.rows, columns=list(PROBE_COLUMNS))
 
 
@@ -242,9 +234,6 @@ def _layer_norms(named, depth: int, pick, tensor_of) -> np.ndarray:
 
 
 def grad_init(p: Probe) -> None:
-    import torch
-    import torch.nn.functional as F
-
     s = p.settings
     groups = {"ffn_down": _ffn_down, "block": lambda n: True}
     for arm, depth, seed, cfg, model, params in p.instances(s.grad_depths):
@@ -276,8 +265,6 @@ def grad_init(p: Probe) -> None:
 
 
 def resid_init(p: Probe) -> None:
-    import torch
-
     s = p.settings
     for arm, depth, seed, cfg, model, params in p.instances(s.resid_depths):
         model.eval()
@@ -298,11 +285,6 @@ def resid_init(p: Probe) -> None:
 
 
 def kv_cache(p: Probe) -> None:
-    import torch
-
-    from models import count_params, kv_cache_bytes_per_token
-    from models.attention import Attention
-
     s = p.settings
     depth = s.kv_depth
     measured, cfgs = {}, {}
@@ -343,12 +325,6 @@ def kv_cache(p: Probe) -> None:
 
 
 def softcap(p: Probe) -> None:
-    import torch
-
-    from models import count_params
-    from models.attention import Attention
-    from models.attention import softcap as cap_fn
-
     s = p.settings
     depth = s.softcap_depth
     for arm in p.arms:
@@ -416,9 +392,6 @@ def attention_heads(attn, qkv):
 def attention_probs(attn, q, k):
     """(probabilities, logits, causal mask) of ``attn``: softmax(cap(q·kᵀ·scale) + mask), float32;
     logits (B, heads, T, T) are the softmax's inputs before the mask."""
-    import torch
-
-    from models.attention import softcap as cap_fn
 
     T = q.shape[-2]
     logits = cap_fn((q.float() @ attn._repeat_kv(k.float()).transpose(-2, -1)) * attn.scale, attn.cap)
@@ -430,8 +403,6 @@ def saturation_stats(probs, logits, mask) -> dict:
     """Row statistics of causal attention (rows that see more than one key): mean entropy (nats), mean
     entropy / ln(keys seen), share of rows with top probability > ``SATURATED``, the mean ln(keys seen)
     (uniform attention's entropy), and the std and largest |value| of the logits over the causal entries."""
-    import torch
-
     T = probs.shape[-1]
     rows = probs[..., 1:, :].double()  # row t sees t + 1 keys; row 0 is one-hot by construction
     seen = torch.arange(2, T + 1, dtype=torch.float64, device=probs.device)
@@ -459,9 +430,6 @@ def _qkv_projections(model):
 
 
 def attn_saturation(p: Probe) -> None:
-    import torch
-    import torch.nn.functional as F
-
     s = p.settings
     depth = s.saturation_depth
     for arm, _, seed, cfg, model, params in p.instances([depth]):
@@ -507,8 +475,6 @@ def attn_saturation(p: Probe) -> None:
 def mean_abs_corr(x) -> float:
     """Mean |off-diagonal Pearson correlation| between the features (last axis) of ``x``, every other axis
     a sample (float64 ``torch.corrcoef``); features of zero variance are left out."""
-    import torch
-
     z = x.detach().reshape(-1, x.shape[-1]).double()
     keep = z.std(dim=0) > 0
     z = z[:, keep]
@@ -523,16 +489,12 @@ def mean_abs_corr(x) -> float:
 def null_abs_corr(n: int) -> float:
     """E|r| of two independent Gaussian samples of size ``n``: r² ~ Beta(1/2, (n - 2)/2), so
     E|r| = B(1, (n - 2)/2) / B(1/2, (n - 2)/2)."""
-    from scipy.special import beta
-
     return float(beta(1.0, (n - 2) / 2) / beta(0.5, (n - 2) / 2))
 
 
 def _residual_norms(model):
     """(layer, site, norm module) of every norm on the residual stream: the blocks' sublayer norms (not
     QK-norm) and the final norm (layer -1, site "final") where there is one."""
-    from torch import nn
-
     out = []
     for i, block in enumerate(model.blocks):
         for site, sub in zip(block.sites, block.sublayers):
@@ -545,8 +507,6 @@ def _residual_norms(model):
 
 
 def feature_corr(p: Probe) -> None:
-    import torch
-
     s = p.settings
     depth = s.corr_depth
     for arm, _, seed, cfg, model, params in p.instances([depth]):
@@ -612,10 +572,6 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="work")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    import torch
-    import yaml
-
-    from workflows.io import write_parquet
 
     torch.set_num_threads(args.threads)
     cfg = json.loads(args.config_json)

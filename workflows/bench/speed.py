@@ -25,17 +25,17 @@ import time
 import pandas as pd
 import torch
 
-from workflows.train import device as dev
-from workflows.train import step as S
+from models import build
 from workflows.io import write_parquet
+from workflows.train import device as dev
+from workflows.train import loop as train
+from workflows.train import step as S
 
 
 def regime(cfg, device: torch.device) -> dict:
     """The training loop's regime for ``cfg`` on ``device`` (workflows.train.loop.Job): the autocast dtype
     (``train.dtype``; auto: bf16 on CUDA, fp32 on the CPU) and whether the forward and loss are compiled
     (``train.compile``; auto: on for CUDA), with the compile backend the loop uses."""
-    from workflows.train import loop as train
-
     tc = cfg.train
     compiled = tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda")
     backend = train.COMPILE_BACKEND
@@ -50,10 +50,6 @@ class Stepper:
     and the LR schedule (the optimizer keeps ``train.lr``); clipping always runs, as in the loop."""
 
     def __init__(self, run: dict, device: torch.device):
-        from models import build
-
-        from workflows.train import loop as train
-
         self.cfg = train.RunConfig.from_dict(run)
         torch.manual_seed(self.cfg.seed)
         self.model = build(self.cfg.model).to(device)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 
+import yaml
+
+from workflows.analysis.selection import MODES
+
 from . import kinds as _kinds  # noqa: F401  (registers the kinds)
 from .kinds import KINDS
-from workflows.analysis.selection import MODES
 from .verdict import DIRECTIONS, holds_region
 
 COMMON_KEYS = {"id", "what", "kind", "interval", "direction", "threshold", "margin", "rationale", "published",
@@ -134,8 +137,6 @@ def load_registry(path_or_dict) -> dict:
     if isinstance(path_or_dict, dict):
         reg = path_or_dict
     else:
-        import yaml
-
         with open(path_or_dict) as f:
             reg = yaml.safe_load(f) or {}
     if not isinstance(reg.get("claims"), list) or not reg["claims"]:

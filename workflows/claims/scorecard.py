@@ -10,9 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+from statsmodels.stats.multitest import multipletests
 
+from models import statistics as S
 from workflows.analysis import stats
+from workflows.grid.sweeps import expand
 from workflows.io import write_csv, write_text
+
 from .evidence import Evidence, NotRun
 from .kinds import KINDS
 from .registry import RegistryError, compares, load_registry
@@ -104,8 +109,6 @@ def holm(df: pd.DataFrame, registry) -> pd.DataFrame:
     df["p_holm"] = math.nan
     rows = df.index[df.primary & (df.verdict != "not run")]
     if len(rows):
-        from statsmodels.stats.multitest import multipletests
-
         p = df.loc[rows, "p_decision"].fillna(1.0).to_numpy(dtype=float)  # an undecided primary check counts
         reject, p_adj, _, _ = multipletests(p, alpha=HOLM_ALPHA, method="holm")
         df.loc[rows, "p_holm"] = p_adj
@@ -127,7 +130,7 @@ def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
     reg = load_registry(registry)
     wanted = [(cl, c) for cl in reg["claims"] for c in cl["checks"]
               if c["kind"] in TRAJECTORY_KINDS and c.get("metric", "final_val_loss") == "final_val_loss"]
-    val = history[(history.kind == "val") & (history.metric == "loss")]
+    val = S.select(history, S.VAL_LOSS)
     if not wanted or not len(val) or ev.runs is None:
         return pd.DataFrame(columns=["check", "group", "step", "effect", "ci_low", "ci_high", "n", "verdict"])
     key = ["variant", "seed", "lr"]
@@ -306,10 +309,6 @@ def load_probes(paths) -> dict:
 
 def variants_elsewhere(paths) -> dict:
     """variant -> the grid config files (e.g. config/paper.yaml) that define it."""
-    import yaml
-
-    from workflows.grid.sweeps import expand
-
     out: dict = {}
     for p in paths or []:
         if Path(p).exists():
@@ -347,7 +346,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trajectory-figure", help="PNG path of the verdicts-against-training-time figure (PDF beside it)")
     args = ap.parse_args(argv)
     runs = pd.read_parquet(args.runs) if args.runs else None
-    history = pd.read_parquet(args.history, filters=[("kind", "==", "val")]) if args.history else None
+    history = pd.read_parquet(args.history, filters=[("kind", "==", S.VAL_LOSS.kind)]) if args.history else None
     grid = json.loads(Path(args.grid).read_text()) if args.grid else None
     speed = pd.read_parquet(args.speed) if args.speed and Path(args.speed).exists() else None
     compare_lr = (grid or {}).get("compare_lr")

@@ -28,9 +28,13 @@ Wilson intervals).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats as sp
+from scipy.optimize import brentq
+from statsmodels.stats.power import TTestPower
 
 VERDICTS = ("holds", "contradicted", "inconclusive", "still moving", "not judged", "not run")
 DECIDED = ("holds", "contradicted")
@@ -123,15 +127,13 @@ def decision_p(effect: float, lo: float, hi: float, n: int, c: dict, verdict: st
     one-sided p of the effect against the bound the verdict rests on, doubled — so p < 0.05 exactly when the
     95% CI clears that bound, the unadjusted rule. Holds (interval): the larger of the two TOST p-values;
     contradicted: the bound the CI lies beyond. NaN when the verdict decides nothing. Ratios on the log scale."""
-    from scipy import stats as st
-
     if verdict not in DECIDED or not all(np.isfinite(v) for v in (effect, lo, hi)):
         return math.nan
     a, b, _ = holds_region(c)
     f = (lambda x: math.log(x) if x > 0 else -math.inf) if log_scale else (lambda x: x)
     e, lo, hi = f(effect), f(lo), f(hi)
-    q = float(st.t.ppf(0.975, n - 1)) if n >= 2 else float(st.norm.ppf(0.975))
-    dist = st.t(n - 1) if n >= 2 else st.norm()
+    q = float(sp.t.ppf(0.975, n - 1)) if n >= 2 else float(sp.norm.ppf(0.975))
+    dist = sp.t(n - 1) if n >= 2 else sp.norm()
 
     def p_beyond(bound, side):  # side +1: the effect lies above the bound; -1: below
         bound = f(bound)
@@ -170,8 +172,6 @@ def combine(verdicts: list[str]) -> str:
 # power: minimum detectable effect and seeds to decide
 # ------------------------------------------------------------------------------------------------
 def _t975(df: int) -> float:
-    from scipy import stats as sp
-
     return float(sp.t.ppf(1 - ALPHA / 2, df))
 
 
@@ -186,11 +186,6 @@ def t_power(effect_size: float, n: int) -> float:
     """Power of the two-sided one-sample t test at α = 0.05 for a standardised effect over n seeds
     (``statsmodels.stats.power.TTestPower``; where its noncentral-t evaluation fails numerically, far in the
     tail, the normal approximation Φ(δ√n − t) + Φ(−δ√n − t), which is exact there to many digits)."""
-    import warnings
-
-    from scipy import stats as sp
-    from statsmodels.stats.power import TTestPower
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = float(np.squeeze(TTestPower().power(effect_size=effect_size, nobs=n, alpha=ALPHA,
@@ -204,8 +199,6 @@ def t_power(effect_size: float, n: int) -> float:
 def mde(sigma: float, n: int) -> float:
     """Minimum detectable effect: the true distance from a bound that n seeds (one-sample t, two-sided
     α = 0.05) detect with 80% power, in the units of ``sigma``."""
-    from scipy.optimize import brentq
-
     if n < 2 or not np.isfinite(sigma):
         return math.nan
     if sigma == 0:

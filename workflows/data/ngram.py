@@ -38,6 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workflows.data.corpus import DataConfig, DataError, eval_starts, prepare
+from workflows.io import write_json
+
 DISCOUNT = 0.75
 ORDERS = (1, 2, 3, 5)
 KEY_BITS = 62
@@ -192,8 +195,6 @@ def eval_targets(val, context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """(positions in ``val``, token ids, available history lengths) of every target of the non-overlapping
     validation windows (``workflows.data.corpus.eval_starts(len(val), context, None)``), in window order: the
     target at window position j sits at s+j+1 and has avail = j+1 tokens of its window before it."""
-    from workflows.data.corpus import eval_starts
-
     val = np.asarray(val)
     if context < 1 or len(val) < context + 1:
         raise ValueError(f"the validation split ({len(val)} tokens) holds no window of context={context} (+1) tokens")
@@ -242,9 +243,6 @@ def references(data, context: int, orders=ORDERS, discount: float = DISCOUNT) ->
 
 
 def main(argv=None) -> int:
-    from workflows.data.corpus import DataConfig, DataError, prepare
-    from workflows.io import write_json
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-json", required=True, help="the data mapping as JSON (a workflows.grid.config.DataConfig)")
     p.add_argument("--work", default="work", help="work folder (token files, downloads, HF cache)")

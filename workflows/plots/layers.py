@@ -1,4 +1,5 @@
-"""The grid's per-layer figures, from the statistics the runs record (``workflows.train.measure``):
+"""The grid's per-layer figures, from the statistics the runs record (declared in models/statistics.py, recorded by
+``workflows.train.measure``):
 
 - ``activations``: the residual stream's RMS and std over depth and training, for the norm-position and
   residual variants;
@@ -20,10 +21,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from models import statistics as S
 from workflows.plots.tables import (Data, finite, legend_outside, lr_str, missing_note, placeholder, t_errorbar,
                                     variant_handles, variant_lw, variant_z)
 
-SITE_ORDER = {"embed": 0, "attn": 1, "attn+ffn": 1, "ffn": 2}
+SITE_ORDER = {S.EMBED: 0, "attn": 1, "attn+ffn": 1, "ffn": 2}  # depth order of the sites (models/statistics.py)
 # variants whose only changes are on these axes are the depth-profile comparisons (activations, grad_norms) ...
 DEPTH_AXES = {"norm_position", "residual"}
 # ... and the attention-logit comparison (attn_logits)
@@ -31,7 +33,7 @@ LOGIT_AXES = {"qk_norm", "attn_softcap", "final_softcap"}
 MAX_STEPS_SHOWN = 6  # training steps drawn as hue in the activation profile
 WEIGHT_DECAY_SWEEP = "weight_decay"  # the sweep whose values become the hue of weight_norms
 MAX_LAYERS_SHOWN = 6  # layer columns of the weight-norm figure (first, last and evenly spaced between)
-WHOLE_MODEL_SITES = {"embed": "token embedding", "pos": "position embedding", "head": "output head"}  # layer -1
+WHOLE_MODEL_SITES = {S.EMBED: "token embedding", S.POS: "position embedding", S.HEAD: "output head"}  # layer -1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def _no_stats_message(d: Data) -> str:
 def fig_activations(d: Data):
     vs, missing = _depth_variants(d)
     h = d.history
-    h = h[(h.kind == "layer") & h.metric.isin(["resid_rms", "resid_std"])]
+    h = S.select(h, S.RESID_RMS, S.RESID_STD)
     h = _runs_at(h, d, vs)
     h = h[finite(h.value) & (h.value > 0)]
     if not len(h):
@@ -79,10 +81,10 @@ def fig_activations(d: Data):
         sites = hv[["layer", "site", "site_rank"]].drop_duplicates().sort_values(["layer", "site_rank"])
         pos = {(a, b): i for i, (a, b) in enumerate(zip(sites.layer, sites.site))}
         hv = hv.assign(depth=[pos[k] for k in zip(hv.layer, hv.site)])
-        ticks = ["emb" if s == "embed" else f"{la}.{s}" for la, s in zip(sites.layer, sites.site)]
-        for i, (metric, name) in enumerate([("resid_rms", "RMS"), ("resid_std", "std")]):
+        ticks = ["emb" if s == S.EMBED else f"{la}.{s}" for la, s in zip(sites.layer, sites.site)]
+        for i, (stat, name) in enumerate([(S.RESID_RMS, "RMS"), (S.RESID_STD, "std")]):
             ax = axes[i, j]
-            hm = hv[hv.metric == metric]
+            hm = hv[hv.metric == stat.name]
             if len(hm):
                 sns.lineplot(data=hm, x="depth", y="value", hue="step", hue_order=list(steps), palette=step_colors,
                              marker="o", ms=4, errorbar=None, ax=ax, legend=False)
@@ -107,7 +109,7 @@ def fig_activations(d: Data):
 def fig_grad_norms(d: Data):
     vs, missing = _depth_variants(d)
     h = d.history
-    h = h[(h.kind == "layer") & (h.metric == "grad_norm")]
+    h = S.select(h, S.GRAD_NORM)
     h = _runs_at(h, d, vs)
     h = h[finite(h.value)]
     if not len(h):
@@ -153,7 +155,8 @@ def fig_attn_logits(d: Data):
     if d.baseline not in vs:
         missing.insert(0, f"baseline {d.baseline!r}")
     h = d.history
-    h = h[(h.kind == "layer") & (h.metric == "attn_logit_max") & h.variant.isin(vs)]
+    h = S.select(h, S.ATTN_LOGIT_MAX)
+    h = h[h.variant.isin(vs)]
     h = h[finite(h.value)]
     if not len(h):
         return placeholder("Max attention logit", _no_stats_message(d) + missing_note(missing))
@@ -224,10 +227,10 @@ def fig_weight_norms(d: Data):
     embedding side in the first column, then one column per layer and one row per sublayer site; hue =
     weight decay for a weight-decay sweep, else the variant."""
     h = d.history
-    h = h[(h.kind == "layer") & (h.metric == "weight_norm")]
+    h = S.select(h, S.WEIGHT_NORM)
     h = h[finite(h.value)]
     if not len(h):
-        return placeholder("Per-layer weight norms", "no weight_norm rows in the history (recorded at "
+        return placeholder("Per-layer weight norms", f"no {S.WEIGHT_NORM.name} rows in the history (recorded at "
                             "statistics steps; older runs and train.stats_every = 0 have none)")
     sweep = (d.grid.get("sweeps") or {}).get(WEIGHT_DECAY_SWEEP)
     present = set(h.variant)

@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from models import statistics as S
 from workflows.analysis import selection, stats
 from workflows.analysis.flags import FLAG_RULES, FLAGS
 from workflows.plots.style import BASELINE_COLOR, DIVERGED_COLOR, fixed_jitter
@@ -281,14 +282,14 @@ def _smooth_train(tr: pd.DataFrame) -> pd.DataFrame:
 
 def fig_loss_curves(d: Data):
     h = d.history
-    h = h[((h.kind == "train") | (h.kind == "val")) & (h.metric == "loss")]
+    h = S.select(h, S.TRAIN_LOSS, S.VAL_LOSS)
     best = {v: d.best_lr(v) for v in d.order}
     h = h[h.variant.isin(d.order)]
     h = h[np.isclose(h.lr.astype(float), h.variant.map(best).astype(float))]
     if not len(h):
         return placeholder("Loss curves", "no loss history at the variants' best learning rates")
-    tr = _smooth_train(h[h.kind == "train"])
-    va = h[(h.kind == "val") & finite(h.value)]
+    tr = _smooth_train(h[h.kind == S.TRAIN_LOSS.kind])
+    va = h[(h.kind == S.VAL_LOSS.kind) & finite(h.value)]
     groups = family_groups(d)
     fig, axes = facets(len(groups), 4, 4.4, 3.4, sharey=True, sharex=True)
     for ax, (fam, vs) in zip(axes, groups):

@@ -7,10 +7,12 @@ Also the device-specific pieces of the training loop, so that the loop itself ha
 and read-out per run, the per-job memory cap on a shared GPU, and how many other processes share it."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import time
@@ -283,7 +285,6 @@ def peak_memory_mb(device: torch.device) -> float:
                 return int(line.split()[1]) / 1024  # kB
     except (OSError, ValueError, IndexError):
         pass
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -376,8 +377,6 @@ def neighbour_summary(samples: list) -> dict | None:
 
 
 def main(argv=None):
-    import argparse
-
     p = argparse.ArgumentParser(description="Measure the device's peak matmul FLOP/s and cache it.")
     p.add_argument("--out", required=True, help="JSON cache file")
     p.add_argument("--device", default="auto")

@@ -50,27 +50,28 @@ import math
 import os
 import shutil
 import sys
-import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+import yaml
 
-from models import build
-from models import parity
+from models import build, parity
 from models.checks import ConfigError
 from models.init import reset_parameters
 from models.norms import NORMS
+from workflows.data.corpus import DataError, gather_windows, prepare, train_batch, val_windows, window_starts
 
-from workflows.train import device as dev
 # the run's configuration lives with the grid (no torch); its names stay importable from here
 from workflows.grid.config import NO_DECAY_GROUPS, DataConfig, RunConfig, TrainConfig  # noqa: F401
-from workflows.data.corpus import DataError, gather_windows, prepare, train_batch, val_windows, window_starts
 from workflows.io import atomic_path, write_json
+from workflows.train import device as dev
 from workflows.train.measure import Recorder, RunState, layer_params, layer_snapshot, weight_matrices, weight_norms
 from workflows.train.memory import tokens_on_device
+
 # the one training step, shared with the benches; losses and train_step stay importable from here
 from workflows.train.step import autocast, forward_loss, grad_scaler, losses, train_step  # noqa: F401
 
@@ -370,9 +371,6 @@ def store_of(cfg: RunConfig, work: Path) -> Path:
 
 def write_run(folder: Path, cfg: RunConfig, metrics: dict, history) -> None:
     """config.yaml, history.parquet, then metrics.json (its presence marks a finished run), atomically."""
-    import pyarrow.parquet as pq
-    import yaml
-
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

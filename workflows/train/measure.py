@@ -5,8 +5,8 @@
 best validation loss. ``layer_snapshot`` / ``Recorder.layer_stats`` take the per-layer statistics of
 a statistics step (gradient norm before clipping, update/weight ratio, residual-stream moments,
 max attention logit, output log Z, and ``weight_norms``: the Frobenius norm of each sublayer's weight
-matrices and of the embedding, before the step's update). ``Recorder.metrics`` turns the state into
-``metrics.json``.
+matrices and of the embedding, before the step's update). Every row is a statistic that models/statistics.py
+declares (``Recorder.record`` takes its ``Statistic``). ``Recorder.metrics`` turns the state into ``metrics.json``.
 
 Divergence: a run diverges when a loss is non-finite, or when the smoothed (EMA) train loss stays
 above ℓ0 = ln(vocab) + ``divergence_margin`` for ``divergence_patience`` consecutive log checks.
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from models import count_params, flops_per_token
+from models import statistics as S
 
 from workflows.train import device as dev
 from workflows.io import sanitize
@@ -80,7 +81,7 @@ def weight_matrices(model) -> dict[tuple[int, str], list[torch.Tensor]]:
         for site, sub in zip(block.sites, block.sublayers):
             out[(i, site)] = [p for p in sub.f.parameters() if p.ndim >= 2]
     seen = set()
-    for site, mod in (("embed", model.tok_emb), ("pos", model.pos), ("head", model.head)):
+    for site, mod in ((S.EMBED, model.tok_emb), (S.POS, model.pos), (S.HEAD, model.head)):
         ps = [p for p in (mod.parameters() if mod is not None else []) if p.ndim >= 2 and id(p) not in seen]
         seen.update(id(p) for p in ps)
         if ps:
@@ -136,8 +137,8 @@ class Recorder:
     def tag(self) -> str:
         return f"[{self.cfg.variant} seed={self.cfg.seed} lr={self.tc.lr:g}]"
 
-    def record(self, step, kind, metric, value, layer=-1, site=""):
-        self.state.history.append((step, kind, metric, layer, site, float(value)))
+    def record(self, step, stat: S.Statistic, value, layer=-1, site=""):
+        self.state.history.append((step, stat.kind, stat.name, layer, site, float(value)))
 
     def bpb(self, nats: float) -> float:
         return nats / math.log(2) / self.bytes_per_token
@@ -183,9 +184,9 @@ class Recorder:
             return []
         vals = torch.stack([torch.stack([l.float(), g.float()]) for _, l, g, _ in self.pending]).tolist()
         for (step, _, _, lr), (loss, gnorm) in zip(self.pending, vals):
-            self.record(step, "train", "loss", loss)
-            self.record(step, "train", "grad_norm", gnorm)
-            self.record(step, "train", "lr", lr)
+            self.record(step, S.TRAIN_LOSS, loss)
+            self.record(step, S.TRAIN_GRAD_NORM, gnorm)
+            self.record(step, S.TRAIN_LR, lr)
         self.pending = []
         return [v[0] for v in vals]
 
@@ -216,8 +217,8 @@ class Recorder:
 
     def val(self, step: int, loss: float) -> str | None:
         """Record a validation loss; the divergence reason if it is non-finite, else None."""
-        self.record(step, "val", "loss", loss)
-        self.record(step, "val", "bpb", self.bpb(loss))
+        self.record(step, S.VAL_LOSS, loss)
+        self.record(step, S.VAL_BPB, self.bpb(loss))
         if math.isfinite(loss):
             self.state.best_val = min(self.state.best_val, loss)
             return None
@@ -234,25 +235,25 @@ class Recorder:
                     weights: dict | None = None) -> None:
         """Record a statistics step; ``weights``: ``weight_norms`` taken before the step's update."""
         grads, before = snapshot
-        for row in st["residual"]:
-            for k in ("mean", "std", "rms"):
-                self.record(step, "layer", f"resid_{k}", row[k], row["layer"], row["site"])
-            self.record(step, "layer", "resid_maxabs", max(abs(row["min"]), abs(row["max"])), row["layer"], row["site"])
-        for i, v in enumerate(st["attn_logit_max"]):
-            self.record(step, "layer", "attn_logit_max", v, i)
+        for row in st[S.RESIDUAL]:
+            for stat, moment in ((S.RESID_MEAN, "mean"), (S.RESID_STD, "std"), (S.RESID_RMS, "rms")):
+                self.record(step, stat, row[moment], row["layer"], row["site"])
+            self.record(step, S.RESID_MAXABS, max(abs(row["min"]), abs(row["max"])), row["layer"], row["site"])
+        for i, v in enumerate(st[S.ATTN_LOGIT_MAX.name]):
+            self.record(step, S.ATTN_LOGIT_MAX, v, i)
         for i, ps in layers.items():
-            self.record(step, "layer", "grad_norm", grads[i], i)
+            self.record(step, S.GRAD_NORM, grads[i], i)
             delta = vector_norm([p - b for p, b in zip(ps, before[i])])
-            self.record(step, "layer", "update_ratio", delta / max(vector_norm(before[i]), 1e-30), i)
+            self.record(step, S.UPDATE_RATIO, delta / max(vector_norm(before[i]), 1e-30), i)
         for (i, site), v in (weights or {}).items():
-            self.record(step, "layer", "weight_norm", v, i, site)
-        self.record(step, "logits", "logz_mean", st["logz_mean"])
-        self.record(step, "logits", "logz_max", st["logz_max"])
+            self.record(step, S.WEIGHT_NORM, v, i, site)
+        self.record(step, S.LOGZ_MEAN, st[S.LOGZ_MEAN.name])
+        self.record(step, S.LOGZ_MAX, st[S.LOGZ_MAX.name])
 
     # ---- outputs ---------------------------------------------------------------------------------
     def metrics(self, model, device, dtype, compiled: bool, peak: dict, data, extra: dict | None = None) -> dict:
         cfg, tc, st = self.cfg, self.tc, self.state.to_dict()
-        vals = [h for h in st["history"] if h[1] == "val" and h[2] == "loss"]
+        vals = [h for h in st["history"] if (h[1], h[2]) == S.VAL_LOSS.key]
         last = vals[-1][5] if vals else float("nan")  # the learning curve's last point (its small window set)
         score = self.final_score or {"loss": float("nan"), "tokens": 0}
         final = score["loss"]
