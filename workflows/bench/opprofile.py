@@ -3,6 +3,7 @@
     python -m workflows.bench.opprofile --variants-json '{"baseline": RUN, "layernorm": RUN}' \\
         --out results/op_profile.parquet [--md results/op_profile.md] [--figure figures/op_profile.png] \\
         [--steps 5] [--warmup 2] [--threads 1]
+    python -m workflows.bench.opprofile --plot results/op_profile.parquet --md op_profile.md --figure op_profile.png
 
 The lecture's claim (Ivanov et al. 2021, "Data movement is all you need", BERT training on a V100): tensor
 contractions are 99.8% of the FLOPs but 61% of the runtime, statistical normalisations (softmax and LayerNorm)
@@ -386,14 +387,29 @@ def markdown(df: pd.DataFrame) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants-json", required=True, help="{variant: run config dict} (workflows.grid.grid.Grid.run_dict)")
-    p.add_argument("--out", required=True, help="op_profile.parquet")
+    p.add_argument("--variants-json", help="{variant: run config dict} (workflows.grid.grid.Grid.run_dict)")
+    p.add_argument("--out", help="op_profile.parquet; omit with --plot")
+    p.add_argument("--plot", type=Path, help="an existing op_profile.parquet: only write its table (--md) and figure "
+                                             "(--figure)")
     p.add_argument("--md", help="markdown table (default: --out with .md)")
     p.add_argument("--figure", help="figure .png (a .pdf is written beside it); default: none")
     p.add_argument("--steps", type=int, default=5, help="profiled steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="profiler warm-up steps (after one unrecorded step)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the grid's per-job threads)")
     args = p.parse_args(argv)
+    if args.plot:
+        if not (args.md or args.figure):
+            p.error("--plot needs --md and/or --figure")
+        df = pd.read_parquet(args.plot)
+        if args.md:
+            write_text(args.md, markdown(df))
+        if args.figure:
+            from workflows.plots.opprofile import figure
+
+            figure(df, args.figure, CLASSES, IVANOV, scale_text(df))
+        return 0
+    if not (args.variants_json and args.out):
+        p.error("--variants-json and --out are required (or --plot TABLE with --md/--figure)")
     if args.steps < 1 or args.warmup < 1 or args.threads < 1:
         p.error(f"--steps={args.steps}, --warmup={args.warmup} and --threads={args.threads} must be >= 1")
     try:

@@ -206,6 +206,8 @@ def deep_update(base: dict, over: dict) -> dict:
     return out
 
 
+# the grid configs the scorecard names when a claim's arms are not in this grid (claims.grids overrides)
+CLAIMS_GRIDS = ("config/config.yaml", "config/cpu-full.yaml", "config/hparams.yaml", "config/paper.yaml")
 DEFAULT_PROBE_SEEDS = (0, 1, 2)  # init seeds per probe model when claims.probes.seeds is not set
 
 

@@ -5,8 +5,9 @@
 import yaml as _yaml
 
 from workflows.analysis.stats import BOOTSTRAP_SEED as _BOOT_SEED  # noqa: E402
+from workflows.grid.config import CLAIMS_GRIDS as DEFAULT_CLAIMS_GRIDS  # noqa: E402
 
-CLAIMS_GRIDS = [repo_path(g) for g in CLAIMS_CFG.get("grids", ["config/config.yaml", "config/cpu-full.yaml", "config/hparams.yaml", "config/paper.yaml"])]
+CLAIMS_GRIDS = [repo_path(g) for g in CLAIMS_CFG.get("grids", DEFAULT_CLAIMS_GRIDS)]
 with open(CLAIMS_REGISTRY) as _f:
     PROBE_SPECS = (_yaml.safe_load(_f) or {}).get("probes") or {}
 PROBE_NAMES = sorted(PROBE_SPECS)
