@@ -186,13 +186,16 @@ def test_dry_run_of_the_default_config_never_imports_torch(tmp_path, no_torch):
 
 
 @pytest.mark.slow
-def test_malformed_config_is_rejected_by_name_without_torch(tmp_path, no_torch):
+@pytest.mark.parametrize("section, field, value", [("model", "bogus_field", 1), ("data", "tokenizer", "bogus_tok")])
+def test_malformed_config_is_rejected_by_name_without_torch(tmp_path, no_torch, section, field, value):
+    """A model field (ConfigError) and a data field (DataError, raised before any data is fetched) are both refused
+    as "invalid config" naming the field, not with a traceback."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["model"] = {**(config.get("model") or {}), "bogus_field": 1}
+    config[section] = {**(config.get(section) or {}), field: value}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = dry_run(tmp_path, no_torch, "--configfile", str(bad))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "invalid config" in out and "bogus_field" in out, out[-3000:]
+    assert "invalid config" in out and f"{field}" in out and "Traceback" not in out, out[-3000:]
     assert "torch imported while parsing" not in out

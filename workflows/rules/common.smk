@@ -21,11 +21,11 @@ validate(config, "../schemas/config.schema.json")
 
 # the grid and its configs only: parsing the workflow imports no torch (tests/pipeline/test_imports.py)
 from workflows.grid.grid import Grid, lr_label  # noqa: E402
-from workflows.grid.config import DataConfig, offset_probe_seeds  # noqa: E402
+from workflows.grid.config import DataConfig, DataError, offset_probe_seeds  # noqa: E402
 
 try:
     GRID = Grid.from_config(config)
-except ValueError as e:  # ConfigError / DataError: name the field, run nothing
+except (ValueError, DataError) as e:  # ConfigError (a ValueError) / DataError: name the field, run nothing
     raise WorkflowError(f"invalid config: {e}") from None
 # seed_offset shifts the probes' seeds too (claims.probes.seeds, default workflows.grid.config.DEFAULT_PROBE_SEEDS)
 if GRID.seed_offset:
