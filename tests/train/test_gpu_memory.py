@@ -31,7 +31,7 @@ GPU_GRIDS = ["config/gpu.yaml", "config/paper.yaml", "config/ladder-gpu.yaml"]
 
 def saved_bytes(cfg: ModelConfig, batch: int) -> int:
     """Bytes of the distinct storages autograd saves for backward in one eager statistics step (the step 0 of
-    workflows.train.loop.train_step, fp32 on the CPU), parameters excluded."""
+    workflows.train.step.train_step, fp32 on the CPU), parameters excluded."""
     torch.manual_seed(0)
     model = build(cfg).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

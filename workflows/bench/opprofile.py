@@ -10,7 +10,7 @@ contractions are 99.8% of the FLOPs but 61% of the runtime, statistical normalis
 0.17% of the FLOPs but 25.5%, element-wise operators 0.03% but 13.5%. Here each variant's model trains for
 one step unrecorded and ``warmup`` steps recorded and discarded (torch.profiler's schedule), then ``steps``
 steps under ``torch.profiler.profile(record_shapes=True, with_flops=True)``. A step is the training loop's
-(``workflows.train.step.train_step``): forward and ``train.losses`` (z-loss included), backward, then clipping, AdamW
+(``workflows.train.step.train_step``): forward and ``step.losses`` (z-loss included), backward, then clipping, AdamW
 (``train.make_optimizer``, its parameter groups) and ``zero_grad`` inside the ``record_function`` region
 ``OPTIMIZER_REGION``. Batches are random tokens of the run's shape, as in ``workflows.bench.speed``; on CUDA the step
 runs under the loop's autocast dtype, eager (a compiled step fuses operators into generated kernels that have

@@ -1,6 +1,6 @@
 """How much GPU memory a run's first step needs, from its config alone (no GPU, no weights).
 
-Step 0 of every run is an eager statistics step (workflows.train.loop.train_step: the eager module with
+Step 0 of every run is an eager statistics step (workflows.train.step.train_step: the eager module with
 ``stats=True``, outside torch.compile), so its activations are those of an eager forward: every tensor
 autograd saves for backward stays alive until the backward frees it. That step, not the compiled steady
 step, sets a job's peak, and a job's ``gpu_mem_mb`` budget (the train rule's resources.gpu_mem_mb, the
