@@ -129,7 +129,6 @@ def test_replication_rule_only_with_replicate_of(tmp_path):
     assert rc != 0 and "replicate_of" in out, out[-3000:]
 
 
-@pytest.mark.skipif(not (REPO / "workflows" / "replicate.py").exists(), reason="workflows/analysis/replicate.py not written yet")
 def test_replication_rule_runs_the_comparison(tmp_path):
     """Two scorecards in place (the committed reference twice): the rule alone writes both outputs."""
     ref = REPO / "results" / "reference" / "cpu-default" / "claims.csv"
