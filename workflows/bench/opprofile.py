@@ -397,35 +397,31 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="profiler warm-up steps (after one unrecorded step)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the grid's per-job threads)")
     args = p.parse_args(argv)
-    if args.plot:
+    if args.plot:  # an existing table: its markdown and figure only
         if not (args.md or args.figure):
             p.error("--plot needs --md and/or --figure")
         df = pd.read_parquet(args.plot)
-        if args.md:
-            write_text(args.md, markdown(df))
-        if args.figure:
-            from workflows.plots.opprofile import figure
-
-            figure(df, args.figure, CLASSES, IVANOV, scale_text(df))
-        return 0
-    if not (args.variants_json and args.out):
-        p.error("--variants-json and --out are required (or --plot TABLE with --md/--figure)")
-    if args.steps < 1 or args.warmup < 1 or args.threads < 1:
-        p.error(f"--steps={args.steps}, --warmup={args.warmup} and --threads={args.threads} must be >= 1")
-    try:
-        runs = json.loads(args.variants_json)
-    except json.JSONDecodeError as e:
-        p.error(f"--variants-json is not valid JSON: {e}")
-    torch.set_num_threads(args.threads)
-    df = measure(runs, args.steps, args.warmup)
-    write_parquet(args.out, df)
+    else:
+        if not (args.variants_json and args.out):
+            p.error("--variants-json and --out are required (or --plot TABLE with --md/--figure)")
+        if args.steps < 1 or args.warmup < 1 or args.threads < 1:
+            p.error(f"--steps={args.steps}, --warmup={args.warmup} and --threads={args.threads} must be >= 1")
+        try:
+            runs = json.loads(args.variants_json)
+        except json.JSONDecodeError as e:
+            p.error(f"--variants-json is not valid JSON: {e}")
+        torch.set_num_threads(args.threads)
+        df = measure(runs, args.steps, args.warmup)
+        write_parquet(args.out, df)
     md = markdown(df)
-    write_text(args.md or Path(args.out).with_suffix(".md"), md)
+    if args.md or args.out:
+        write_text(args.md or Path(args.out).with_suffix(".md"), md)
     if args.figure:
         from workflows.plots.opprofile import figure
 
         figure(df, args.figure, CLASSES, IVANOV, scale_text(df))
-    print(md)
+    if not args.plot:
+        print(md)
     return 0
 
 

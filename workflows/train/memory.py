@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from workflows.data.corpus import eval_window_count
+
 # The training token stream lives on the GPU (int32; workflows.train.loop.Job gathers the windows there) only when it
 # takes at most this share of the job's memory budget (gpu_mem_mb; a job without one: of its GPU's memory); otherwise
 # each step's windows are gathered on the host from the memory-mapped split and copied from pinned memory without
@@ -178,8 +180,7 @@ def held_eval_windows(n_val: int | None, seq_len: int, n_windows: int | None, ba
             return None
         w = max(1, n_windows)
     else:
-        whole = max(1, (n_val - 1) // seq_len)
-        w = whole if n_windows is None else max(1, min(n_windows, whole))
+        w = eval_window_count(n_val, seq_len, n_windows)
     return -(-w // batch_size) * batch_size if padded else w
 
 
