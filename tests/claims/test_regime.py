@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats as st
 
 from models import ConfigError
@@ -27,6 +29,7 @@ from workflows.claims import Evidence, RegistryError, evaluate, load_registry
 from workflows.claims.verdict import DECIDED, decision_p, judge
 from workflows.grid.grid import Grid, load_pipeline_config
 
+REPO = Path(__file__).resolve().parents[2]
 L0 = math.log(256)
 
 
@@ -605,6 +608,19 @@ def test_engaged_not_judged_when_the_mechanism_never_acted():
     t2 = arm("t", flat(2.0), final_logz_mean=-3.0)
     assert rows_of([{**STRESS, "engaged": eng2}], t2 + k[:5]).iloc[0].verdict == "not judged"
     assert rows_of([STRESS], t + k[:5]).iloc[0].engagement == ""  # no engaged: nothing reported
+
+
+def test_every_training_run_check_on_a_stress_arm_declares_its_engagement():
+    # catches: a stability check on the stress-LR arms (C13, C15) scored without saying whether its mechanism
+    # acted — then "z-loss lowers log Z" or "soft-capping costs nothing" could hold where z-loss or the cap idled
+    reg = load_registry(REPO / "config" / "claims.yaml")
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["variants"]
+    stress = {v for v, spec in default.items() if (spec or {}).get("family") == "stability"}
+    on_stress = [c for cl in reg["claims"] for c in cl["checks"]
+                 if c["kind"] != "probe" and {c.get("treatment"), c.get("control")} & stress]
+    assert {c["full_id"] for c in on_stress} >= {"C13.a", "C13.b", "C15.a"}
+    for c in on_stress:
+        assert "engaged" in c, f"{c['full_id']} compares stress arms but declares no engagement"
 
 
 @pytest.mark.parametrize("bad", [
