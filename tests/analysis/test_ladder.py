@@ -118,7 +118,15 @@ def test_schema_accepts_the_committed_ladder_config():
     cfg = load_pipeline_config(REPO / "config" / "ladder.yaml")
     g = Grid.from_config(cfg)
     rungs = [r for r in g.ladder["rungs"] if not r["baseline_only"]]
-    assert len(rungs) >= 3 and len(g.seeds) >= 3
+    assert len(rungs) >= 2 and len(g.seeds) >= 3
+    # the issue's span: >= 4 rungs over >= 10x non-embedding parameters; the training-length curve at every
+    # rung where the variants train (one horizon arm on each side)
+    every = [r["nonembed_params"] for r in g.ladder["rungs"]]
+    assert len(every) >= 4 and max(every) / min(every) >= 10
+    hz = g.ladder["horizons"]
+    assert min(hz.values()) < 1 < max(hz.values())
+    for r in rungs:
+        assert all(f"{arm}@{r['rung']}" in g.variants for arm in hz)
     # from the default model up: the first full rung is the default grid's model, at its steps
     default = load_pipeline_config(REPO / "config" / "config.yaml")
     first = g.run_dict(f"baseline@{rungs[0]['rung']}", 0, g.variant_lrs(f"baseline@{rungs[0]['rung']}")[0])
@@ -404,3 +412,145 @@ def test_decision_accuracy_against_the_top_rung():
     # but not yet 'good' (2 of 3)
     assert d.accuracy.tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3])
     assert (d.accuracy_low <= d.accuracy).all() and (d.accuracy <= d.accuracy_high).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# the baseline's training-length curve (ladder.horizons): the primary axis where a rung has it
+def test_horizon_arms_train_the_baseline_longer_and_shorter_at_every_variant_rung():
+    g = Grid.from_config(tiny(ladder__horizons=[0.5, 2]))
+    hz = [v for v in g.variants if v.startswith("baseline-x")]
+    assert hz == [f"baseline-x{h}@{r}" for h in ("0.5", "2") for r in ("d32", "d64", "d96")]  # not at the anchor
+    assert list(g.variants).index("baseline-x0.5@d32") == 4  # right after the baseline's own cells
+    for r in ("d32", "d64", "d96"):
+        main = g.run_dict(f"baseline@{r}", 0, 0.01)
+        for h in (0.5, 2):
+            d = g.run_dict(f"baseline-x{h:g}@{r}", 0, 0.01)
+            assert d["model"] == main["model"]  # the same model: only the training length differs
+            assert d["train"]["steps"] == round(main["train"]["steps"] * h)
+            assert d["train"]["warmup_steps"] == max(1, round(main["train"]["warmup_steps"] * h))
+            assert d["train"]["eval_every"] == max(1, round(main["train"]["eval_every"] * h))
+            assert g.variant_lrs(f"baseline-x{h:g}@{r}") == g.variant_lrs(f"baseline@{r}")  # its own pilot, same grid
+    s = g.summary()
+    assert s["ladder"]["horizons"] == {"baseline-x0.5": 0.5, "baseline-x2": 2.0}
+    assert s["ladder"]["arms"] == ["baseline", "gelu", "post"]  # the horizon arms are not changes
+    assert s["variants"]["baseline-x2@d64"]["horizon"] == 2 and s["variants"]["baseline-x2@d64"]["baseline"] == \
+        "baseline@d64"
+
+
+@pytest.mark.parametrize("horizons, message", [
+    ([0.5], "needs a factor below 1 and one above 1"),
+    ([1.5, 2], "needs a factor below 1 and one above 1"),
+    ([0.5, 1, 2], "not 1"),
+    ([0.5, 0.5, 2], "distinct"),
+    ([0.5, "2"], "must be a list of numbers > 0"),
+    ([-0.5, 2], "must be a list of numbers > 0"),
+    ("0.5", "must be a list of numbers > 0"),
+])
+def test_bad_horizons_fail_before_any_job(horizons, message):
+    with pytest.raises(ConfigError) as e:
+        Grid.from_config(tiny(ladder__horizons=horizons))
+    assert message in str(e.value)
+
+
+
+def test_a_variant_named_like_a_horizon_arm_is_refused():
+    cfg = tiny(ladder__horizons=[0.5, 2])
+    cfg["variants"]["baseline-x2"] = {"family": "other", "model": {"ffn": "relu"}}
+    with pytest.raises(ConfigError, match="are the baseline's horizon arms"):
+        Grid.from_config(cfg)
+
+
+def _length_curve(t):  # the baseline along training length: slope -0.32 per ln C at t = 0 (measured at d64x4)
+    return 1.89 - 0.32 * t + 0.08 * t ** 2
+
+
+def _length_curve_inverse(y):
+    return (0.32 - math.sqrt(0.32 ** 2 - 4 * 0.08 * (1.89 - y))) / (2 * 0.08)
+
+
+@pytest.mark.parametrize("lnm_true", [-0.3, 0.25])
+def test_training_length_estimator_covers_with_a_width_close_to_the_oracles(lnm_true):
+    """The horizon arms' spacing (0.667x, 1x, 1.5x the steps) on a curve as steep as the measured one, 3 seeds, each
+    seed's noise shared by its variant and baseline runs (sd 0.01) plus independent noise (sd 0.005): the t interval
+    of the mean ln m covers in >= 93% of 1000 ladders and its mean width is within 1.3x the oracle's (the baseline's
+    curve known)."""
+    rng = np.random.default_rng(23)
+    x, n, R = np.log([0.667, 1.0, 1.5]), 3, 1000
+    q = scipy_stats.t.ppf(0.975, n - 1)
+    hit = width = ohit = owidth = 0.0
+    for _ in range(R):
+        u = rng.normal(0, 0.01, n)
+        Lb = _length_curve(x)[:, None] + u + rng.normal(0, 0.005, (3, n))
+        lv = _length_curve(x[1] + lnm_true) + u + rng.normal(0, 0.005, n)
+        est = L.paired_local_lnm(x, Lb, 1, lv, x[1])
+        oracle = np.array([_length_curve_inverse(v - (b - _length_curve(0.0))) for v, b in zip(lv, Lb[1])])
+        for v, kind in ((est, "est"), (oracle, "oracle")):
+            se = v.std(ddof=1) / math.sqrt(n)
+            ok, w = abs(v.mean() - lnm_true) <= q * se, 2 * q * se
+            if kind == "est":
+                hit, width = hit + ok, width + w
+            else:
+                ohit, owidth = ohit + ok, owidth + w
+    assert hit / R >= 0.93 and ohit / R >= 0.93, (hit / R, ohit / R)
+    assert width / owidth <= 1.3, width / owidth
+
+
+def _horizon_runs(rng, lnm_true: float, seeds=(0, 1, 2)):
+    """A synthetic ladder with horizon arms: 3 rungs (r0 an anchor), the baseline along training length at r1, r2
+    (0.667x, 1.5x the steps), and 'good', a change worth exp(lnm_true) x the baseline's training compute at every
+    rung; per-seed noise shared within a seed. One LR per arm (a pilot grid's evaluation runs)."""
+    rows = []
+    fx = {s: rng.normal(0, 0.01) for s in seeds}
+    for i in range(3):
+        size = -0.06 * i  # the model-size axis: a flat -0.06 per rung (per 1.4 ln C)
+        arms = [("baseline", 1.0, 0.0)] + ([("baseline-x0.667", 0.667, 0.0), ("baseline-x1.5", 1.5, 0.0),
+                                           ("good", 1.0, lnm_true)] if i else [])
+        for arm, h, shift in arms:
+            steps = round(300 * h)
+            for s in seeds:
+                t = math.log(steps / 300) + shift
+                rows.append({"variant": f"{arm}@r{i}", "rung": f"r{i}", "seed": s, "lr": 0.003,
+                             "final_val_loss": _length_curve(t) + size + fx[s] + rng.normal(0, 0.003),
+                             "init_loss": 5.5, "diverged": False, "flops_per_token": math.exp(LNC[i]) / (1024 * 300),
+                             "steps": steps, "batch_size": 16, "context_length": 64, "params": 1000 * (i + 1)})
+    return pd.DataFrame(rows)
+
+
+def test_ladder_table_reads_the_training_length_curve_where_a_rung_has_it():
+    rng = np.random.default_rng(5)
+    runs = _horizon_runs(rng, 0.3)
+    spec = {**lad(["baseline", "good"], rungs=3), "horizons": {"baseline-x0.667": 0.667, "baseline-x1.5": 1.5}}
+    spec["rungs"][0]["baseline_only"] = True
+    table, trends = L.ladder_table(runs, spec)
+    good = table[table.variant == "good"].set_index("rung")
+    assert (good.axis == "training length").all()
+    for r in ("r1", "r2"):
+        assert good.loc[r, "multiplier_low"] <= math.exp(0.3) <= good.loc[r, "multiplier_high"]
+        assert good.loc[r, "multiplier_high"] / good.loc[r, "multiplier_low"] < 1.3
+    # the model-size reading is kept beside it (r1 has a baseline rung on each side; r2 is the last rung)
+    assert np.isfinite(good.loc["r1", "size_multiplier"]) and np.isnan(good.loc["r2", "size_multiplier"])
+    hz = table[table.variant.str.startswith("baseline-x")]
+    assert len(hz) == 4 and hz.multiplier.isna().all() and hz.note.str.contains("training-length curve").all()
+    t = trends.set_index("variant")
+    assert list(t.index) == ["good"]  # horizon arms have no trend
+    assert t.loc["good", "slope_low"] <= 0.0 <= t.loc["good", "slope_high"]  # a constant multiplier
+    md = L.markdown(table, trends, spec)
+    assert "training-length curve" in md and "| training length |" in md
+    # without the horizon arms the same cells fall back to the model-size curve
+    plain = runs[~runs.variant.str.startswith("baseline-x")]
+    t2, _ = L.ladder_table(plain, {**spec, "horizons": {}})
+    assert (t2[t2.variant == "good"].axis == "model size").all()
+
+
+def test_figures_with_horizon_arms(tmp_path):
+    # catches: the horizon arms drawn as changes (or breaking the figures): they are points of the baseline
+    rng = np.random.default_rng(9)
+    runs = _horizon_runs(rng, 0.3)
+    runs["tokens_seen"], runs["device"] = runs.steps * 16 * 64, "cpu"
+    spec = {**lad(["baseline", "good"], rungs=3), "horizons": {"baseline-x0.667": 0.667, "baseline-x1.5": 1.5}}
+    spec["rungs"][0]["baseline_only"] = True
+    t, _ = L.ladder_table(runs, spec)
+    from workflows.plots.ladder import figures
+
+    paths = figures(t, L.points(runs, spec), L.fit_lines(t, spec), spec, tmp_path, runs, 3.3, "baseline@r0")
+    assert len(paths) == 4 and all(p.stat().st_size > 0 for p in paths)

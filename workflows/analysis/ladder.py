@@ -151,8 +151,9 @@ def planned_compute(runs: pd.DataFrame) -> float:
 
 
 def cells(runs: pd.DataFrame, ladder: dict, seeds) -> dict[tuple[str, str], Cell]:
+    """Every (arm, rung) with runs — the arms and the baseline's horizon arms (``ladder['horizons']``)."""
     out = {}
-    for arm in ladder["arms"]:
+    for arm in list(ladder["arms"]) + list(ladder.get("horizons") or {}):
         for rg in ladder["rungs"]:
             r = runs[runs.variant == name_of(arm, rg["rung"])]
             if r.empty:
@@ -235,53 +236,108 @@ def paired_local_lnm(x: np.ndarray, Lb: np.ndarray, i: int, lv: np.ndarray, xv: 
     return out
 
 
+AXES = ("training length", "model size")  # the baseline curve a multiplier is read on (``curve_for``)
+
+
+def curve_for(cell: Cell, cs: dict, ladder: dict, axis: str) -> tuple[list[Cell], int] | None:
+    """The baseline's cells that ``cell``'s multiplier is read on, in ascending compute, and the index of the
+    baseline cell at ``cell``'s rung: on ``axis`` "training length", the baseline at this rung trained for each
+    ``ladder['horizons']`` factor of its steps (the same model, more or fewer tokens); on "model size", the
+    baseline at every rung. None where the rung has no baseline, or (training length) no horizon arm on each side."""
+    b = ladder["baseline"]
+    anchor = cs.get((b, cell.rung))
+    if anchor is None:
+        return None
+    if axis == "training length":
+        pts = [cs[(h, cell.rung)] for h in (ladder.get("horizons") or {}) if (h, cell.rung) in cs]
+        curve = sorted(pts + [anchor], key=lambda c: c.lnc)
+        i = curve.index(anchor)
+        return (curve, i) if 0 < i < len(curve) - 1 else None
+    curve = sorted([cs[(b, rg["rung"])] for rg in ladder["rungs"] if (b, rg["rung"]) in cs], key=lambda c: c.lnc)
+    return curve, curve.index(anchor)
+
+
+def _lnm_on(cell: Cell, curve: list[Cell], i: int, seeds) -> np.ndarray:
+    x = np.array([b.lnc for b in curve])
+    Lb = np.array([b.seed_losses(seeds) for b in curve])
+    return paired_local_lnm(x, Lb, i, cell.seed_losses(seeds), cell.lnc)
+
+
 def local_log_multipliers(cell: Cell, base: list[Cell], seeds) -> np.ndarray:
-    """Per seed, ln m of ``cell`` against the same seed's baseline at the same rung (``paired_local_lnm``);
-    NaN where the rung has no baseline or is the baseline's first or last rung."""
+    """Per seed, ln m of ``cell`` against the same seed's baseline at the same rung (``paired_local_lnm``) on the
+    model-size curve ``base`` (the baseline's cells, one per rung); NaN where the rung has no baseline or is the
+    baseline's first or last rung."""
     base = sorted(base, key=lambda c: c.lnc)
     here = [i for i, b in enumerate(base) if b.rung == cell.rung]
     if not here:
         return np.full(len(seeds), np.nan)
-    x = np.array([b.lnc for b in base])
-    Lb = np.array([b.seed_losses(seeds) for b in base])
-    return paired_local_lnm(x, Lb, here[0], cell.seed_losses(seeds), cell.lnc)
+    return _lnm_on(cell, base, here[0], seeds)
 
 
-def local_multiplier(cell: Cell, base: list[Cell], seeds, level: float = stats.LEVEL) -> dict:
-    """The cell's compute multiplier from ``local_log_multipliers``: the geometric mean over seeds with the
-    exponentiated 95% Student-t interval of the mean ln m (seeds paired: the variant and the baseline share each
-    seed's data order and initialisation seed); ``extrapolated`` when the variant's loss lies beyond the baseline
-    losses of the rungs either side (the linear step reaches past them)."""
-    lnm = local_log_multipliers(cell, base, seeds)
+def _summarise(lnm: np.ndarray, cell: Cell, curve: list[Cell], i: int, seeds, level: float, where: str) -> dict:
     ok = lnm[np.isfinite(lnm)]
     out = {"multiplier": math.nan, "multiplier_low": math.nan, "multiplier_high": math.nan, "multiplier_seeds": len(ok),
            "extrapolated": False, "note": ""}
-    bs = sorted(base, key=lambda c: c.lnc)
-    at = [k for k, b in enumerate(bs) if b.rung == cell.rung]
-    if not at or at[0] in (0, len(bs) - 1):
+    if i in (0, len(curve) - 1):
         out["note"] = ("not estimated: the paired local estimate needs a baseline rung on each side of this rung "
                        "(add a baseline_only rung)")
         return out
     if not len(ok):
-        out["note"] = "not estimated: no seed's baseline improved with compute around this rung"
+        out["note"] = f"not estimated: no seed's baseline improved with compute around this {where}"
         return out
     m, lo, hi = stats.mean_ci(ok.tolist(), level)
     out.update(multiplier=math.exp(m), multiplier_low=math.exp(lo) if np.isfinite(lo) else math.nan,
                multiplier_high=math.exp(hi) if np.isfinite(hi) else math.nan)
-    i = at[0]
-    span = [float(np.nanmean(bs[k].seed_losses(seeds))) for k in (i - 1, i + 1)]
+    span = [float(np.nanmean(curve[k].seed_losses(seeds))) for k in (i - 1, i + 1)]
     lv = float(np.nanmean(cell.seed_losses(seeds)))
     out["extrapolated"] = bool(not (min(span) - 1e-12 <= lv <= max(span) + 1e-12))
     if out["extrapolated"]:
-        out["note"] = "extrapolated: the variant's loss lies beyond the adjacent rungs' baseline losses"
+        out["note"] = f"extrapolated: the variant's loss lies beyond the baseline losses either side on its {where}"
     return out
 
 
-def local_trend(own: list[Cell], base: list[Cell], seeds, level: float = stats.LEVEL) -> dict:
-    """Slope of ln m against ln C over the arm's rungs, per seed (OLS over that seed's local ln m), with the
-    Student-t interval of the mean slope over seeds: > 0, the change gains with scale; 0, a constant multiplier."""
+def local_multiplier(cell: Cell, base: list[Cell], seeds, level: float = stats.LEVEL) -> dict:
+    """The cell's compute multiplier on the model-size curve (``local_log_multipliers``): the geometric mean over
+    seeds with the exponentiated 95% Student-t interval of the mean ln m (seeds paired: the variant and the
+    baseline share each seed's data order and initialisation seed); ``extrapolated`` when the variant's loss lies
+    beyond the baseline losses of the rungs either side (the linear step reaches past them)."""
+    bs = sorted(base, key=lambda c: c.lnc)
+    at = [k for k, b in enumerate(bs) if b.rung == cell.rung]
+    if not at:
+        return _summarise(np.full(len(seeds), np.nan), cell, bs, 0, seeds, level, "rung")
+    return _summarise(_lnm_on(cell, bs, at[0], seeds), cell, bs, at[0], seeds, level, "rung")
+
+
+def horizon_multiplier(cell: Cell, cs: dict, ladder: dict, seeds, level: float = stats.LEVEL) -> dict | None:
+    """The cell's compute multiplier on the baseline's training-length curve at its rung (``curve_for``): per
+    seed, the variant against the same seed's baseline trained for the rung's steps, over that seed's local slope
+    between the horizon arms either side (``paired_local_lnm``, the same arithmetic as across rungs). m is then
+    the training compute the baseline of this size needs to reach the variant's loss, over the variant's. None
+    when the rung has no horizon arms."""
+    got = curve_for(cell, cs, ladder, "training length")
+    if got is None:
+        return None
+    curve, i = got
+    return _summarise(_lnm_on(cell, curve, i, seeds), cell, curve, i, seeds, level, "training-length curve")
+
+
+def primary_log_multipliers(cell: Cell, cs: dict, ladder: dict, seeds) -> np.ndarray:
+    """Per seed, ln m of ``cell`` on its primary axis: the training-length curve where the rung has horizon arms,
+    else the model-size curve."""
+    for axis in AXES:
+        got = curve_for(cell, cs, ladder, axis)
+        if got is not None:
+            return _lnm_on(cell, *got, seeds)
+    return np.full(len(seeds), np.nan)
+
+
+def local_trend(own: list[Cell], base: list[Cell], seeds, level: float = stats.LEVEL, lnm_of=None) -> dict:
+    """Slope of ln m against ln C over the arm's rungs, per seed (OLS over that seed's local ln m: ``lnm_of(cell)``,
+    by default on the model-size curve ``base``), with the Student-t interval of the mean slope over seeds: > 0,
+    the change gains with scale; 0, a constant multiplier."""
     own = sorted(own, key=lambda c: c.lnc)
-    M = np.array([local_log_multipliers(c, base, seeds) for c in own])  # rungs × seeds
+    lnm_of = lnm_of or (lambda c: local_log_multipliers(c, base, seeds))
+    M = np.array([lnm_of(c) for c in own])  # rungs × seeds
     x = np.array([c.lnc for c in own])
     keep = [j for j in range(M.shape[1]) if np.isfinite(M[:, j]).sum() >= 2] if len(own) else []
     out = {"rungs": len(own), "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan,
@@ -350,7 +406,10 @@ def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -
     allix = np.arange(len(seeds))
     bfit = _baseline_fit(base, form, allix)
     rows, trends = [], []
-    for arm in ladder["arms"]:
+    horizons = ladder.get("horizons") or {}
+    arms = list(ladder["arms"])
+    arms[arms.index(b) + 1:arms.index(b) + 1] = list(horizons)  # the baseline's horizon arms beside it
+    for arm in arms:
         own = [cs[(arm, rg["rung"])] for rg in ladder["rungs"] if (arm, rg["rung"]) in cs]
         if not own:
             continue
@@ -365,16 +424,28 @@ def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -
                                               for i in selection.crossfit_choice(c.scores, allix)))
             best = selection.best_lr(runs[runs.variant == name_of(arm, c.rung)])
             row["best_lr_at_edge"] = bool(len(c.lrs) > 2 and np.isfinite(best) and best_lr_at_edge(best, c.lrs))
-            row.update(local_multiplier(c, base, seeds, level) if arm != b else
-                       {"multiplier": 1.0, "multiplier_low": 1.0, "multiplier_high": 1.0,
-                        "multiplier_seeds": len(seeds), "extrapolated": False, "note": "the baseline itself"})
+            if arm == b:
+                row.update(multiplier=1.0, multiplier_low=1.0, multiplier_high=1.0, multiplier_seeds=len(seeds),
+                           extrapolated=False, note="the baseline itself", axis="")
+            elif arm in horizons:
+                row.update(multiplier=math.nan, multiplier_low=math.nan, multiplier_high=math.nan,
+                           multiplier_seeds=0, extrapolated=False, axis="",
+                           note=f"the baseline trained for {horizons[arm]:g} x the rung's steps: a point of its "
+                                "training-length curve")
+            else:
+                size = local_multiplier(c, base, seeds, level)
+                on_length = horizon_multiplier(c, cs, ladder, seeds, level)
+                row.update(on_length if on_length is not None else size,
+                           axis="training length" if on_length is not None else "model size")
+                row.update({f"size_{k}": v for k, v in size.items() if k != "note"}, size_note=size["note"])
             g = _multiplier(c, base, bfit, form, len(seeds), level)
             row.update({f"global_{k}" if k != "note" else "global_note": v for k, v in g.items()})
             row.update(r2=ofit.r2 if ofit else math.nan, fit=form, fit_params=" ".join(f"{p:.6g}" for p in ofit.params)
                        if ofit else "")
             rows.append(row)
-        if arm != b:
-            trends.append({"variant": arm, **local_trend(own, base, seeds, level),
+        if arm != b and arm not in horizons:
+            lnm_of = (lambda cell: primary_log_multipliers(cell, cs, ladder, seeds))
+            trends.append({"variant": arm, **local_trend(own, base, seeds, level, lnm_of),
                            **{f"global_{k}": v for k, v in trend(own, base, form, len(seeds), level).items()}})
     return pd.DataFrame(rows), pd.DataFrame(trends)
 
@@ -449,13 +520,20 @@ def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str
     def f(x, fmt="{:.3g}"):
         return fmt.format(x) if isinstance(x, (int, float)) and np.isfinite(x) else "—"
 
+    horizons = ladder.get("horizons") or {}
+    on_length = ("On the **training-length curve** (where a rung has the baseline's horizon arms, "
+                 + ", ".join(f"{h:g}×" for h in horizons.values()) + " its steps): the slope is that of the "
+                 "baseline of the same size trained for fewer or more tokens, so m is the training compute the "
+                 "baseline of this size needs to reach the variant's loss, over the variant's; elsewhere on the "
+                 "model-size curve (the baseline's rungs either side; `size_*` columns: that reading everywhere). "
+                 if horizons else "")
     lines = ["# Effects across scale: compute multipliers", "",
              "m = compute the baseline needs to reach the variant's loss ÷ the variant's compute: m > 1, the change is "
              "worth m× compute; m < 1, it costs compute. **Primary (paired, local):** per seed, the variant's loss "
              "against the same seed's baseline at the same rung, over that seed's local baseline slope dL/d ln C "
-             "(the secant between the rungs either side); the geometric mean over seeds with a 95% Student-t "
-             "interval of the mean ln m. Noise at one rung does not leak into the others. *Extrapolated*: the "
-             "variant's loss lies beyond the adjacent rungs' baseline losses. **Secondary (global):** one "
+             "(the secant between the points either side); the geometric mean over seeds with a 95% Student-t "
+             "interval of the mean ln m. Noise at one rung does not leak into the others. " + on_length +
+             "*Extrapolated*: the variant's loss lies beyond the baseline losses either side. **Secondary (global):** one "
              f"{ladder['fit']} fit ({'L = α + β·ln C' if ladder['fit'] == 'loglinear' else 'L = a·C^(−b) + c'}) of "
              "the baseline over all rungs, inverted, seeds resampled through the fit; its lack of fit is the "
              f"baseline's own rows (global m ≠ 1) and R². Tokens per run ∝ N^{ladder['tokens_exponent']:g} "
@@ -470,9 +548,12 @@ def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str
         p = t[t.variant == ladder["baseline"]].params
         lines.append(f"| {rg['rung']}{' (baseline only)' if rg['baseline_only'] else ''} | "
                      f"{int(p.iloc[0]) if len(p) else '—'} | {rg['steps']} | {comp} FLOPs |")
-    lines += ["", "| variant | rung | loss [95% CI] | multiplier [95% CI] (paired, local) | high/low | "
+    if horizons:
+        lines += ["", "The baseline's training-length curve: " + "; ".join(
+            f"{arm} = {h:g} × the rung's steps" for arm, h in horizons.items()) + "."]
+    lines += ["", "| variant | rung | loss [95% CI] | multiplier [95% CI] (paired, local) | high/low | axis | "
               "global fit: multiplier [95% CI] | R² (own fit) | LRs (per seed) | note |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         mult = f"{f(r.multiplier)} [{f(r.multiplier_low)}, {f(r.multiplier_high)}]"
         if r.get("extrapolated"):
@@ -483,7 +564,8 @@ def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str
             gm += f" (cut: {r.global_censored})"
         edge = " ↔" if r.best_lr_at_edge else ""
         lines.append(f"| {r.variant} | {r.rung} | {f(r.loss, '{:.3f}')} [{f(r.loss_low, '{:.3f}')}, "
-                     f"{f(r.loss_high, '{:.3f}')}] | {mult} | {f(ratio, '{:.2f}')} | {gm} | {f(r.r2, '{:.3f}')} | "
+                     f"{f(r.loss_high, '{:.3f}')}] | {mult} | {f(ratio, '{:.2f}')} | {r.get('axis') or ''} | {gm} | "
+                     f"{f(r.r2, '{:.3f}')} | "
                      f"{r.selection_lrs}{edge} | {'; '.join(x for x in (r.get('note'), r.get('global_note')) if isinstance(x, str) and x)} |")
     lines += ["", "Trend (slope of ln m against ln C over the rungs, per seed, mean with a 95% t interval; > 0: the "
               "change gains with scale; the global fit's resampled slope beside it):", "",

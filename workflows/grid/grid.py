@@ -280,7 +280,7 @@ class Grid:
             "lr_protocol": "pilot" if self.lr_pilot is not None else ("shared" if self.compare_lr is not None else "crossfit"),
             "pilot_seeds": self.pilot_seeds,
             "variants": {v: {"family": (s or {}).get("family", "other"), "description": (s or {}).get("description", ""),
-                             **{k: s[k] for k in ("rung", "arm", "baseline") if k in (s or {})},
+                             **{k: s[k] for k in ("rung", "arm", "baseline", "horizon") if k in (s or {})},
                              "model": (s or {}).get("model", {}), "train": (s or {}).get("train", {}),
                              "data": (s or {}).get("data", {}),
                              "seeds": self.variant_seeds(v), "lrs": self.variant_lrs(v)}

@@ -16,7 +16,8 @@ from workflows.grid.config import DataConfig, deep_update
 FITS = ("loglinear", "power")
 MIN_RUNGS = {"loglinear": 3, "power": 4}  # a fit needs more rungs than parameters, or its R² is 1 by construction
 RUNG_KEYS = ("model", "train", "lrs", "lr_scale", "baseline_only", "description")
-LADDER_KEYS = ("rungs", "tokens_exponent", "fit", "description")
+LADDER_KEYS = ("rungs", "tokens_exponent", "fit", "horizons", "description")
+HORIZON = "-x"  # the baseline trained for h × a rung's steps: arm "<baseline>-x<h>"
 SCHEDULE = ("warmup_steps", "eval_every", "stats_every", "checkpoint_every")  # step counts that scale with steps
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SEP = "@"
@@ -28,6 +29,28 @@ def name_of(arm: str, rung: str) -> str:
 
 def _sig(x: float, digits: int = 3) -> float:
     return float(f"{x:.{digits}g}")
+
+
+def horizon_arm(baseline: str, h: float) -> str:
+    """The arm of the baseline trained for ``h`` × each rung's steps (its training-length curve)."""
+    return f"{baseline}{HORIZON}{h:g}"
+
+
+def _horizons(lad: dict) -> list[float]:
+    """``ladder.horizons``, validated: training-length factors of the baseline around 1, at least one on each side."""
+    hz = lad.get("horizons")
+    if hz is None:
+        return []
+    if (not isinstance(hz, list) or not hz
+            or not all(isinstance(h, (int, float)) and not isinstance(h, bool) and h > 0 for h in hz)):
+        raise ConfigError(f"ladder.horizons={hz!r} must be a list of numbers > 0 (training-length factors of the "
+                          "baseline, e.g. [0.667, 1.5])")
+    if len(set(hz)) != len(hz) or 1 in hz:
+        raise ConfigError(f"ladder.horizons={hz!r}: the factors must be distinct and not 1 (1 is the baseline)")
+    if not (min(hz) < 1 < max(hz)):
+        raise ConfigError(f"ladder.horizons={hz!r}: needs a factor below 1 and one above 1 (the baseline's "
+                          "training-length curve on both sides of each rung)")
+    return sorted(float(h) for h in hz)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -54,6 +77,10 @@ def expand(config: dict, variants: dict) -> tuple[dict, dict | None, str]:
     a = lad.get("tokens_exponent", 1.0)
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 2:
         raise ConfigError(f"ladder.tokens_exponent={a!r} must be a number in [0, 2] (1: fixed tokens per parameter)")
+    horizons = _horizons(lad)
+    taken = sorted(horizon_arm(baseline, h) for h in horizons if horizon_arm(baseline, h) in variants)
+    if taken:
+        raise ConfigError(f"ladder.horizons: variant name(s) {taken} are the baseline's horizon arms; rename them")
     rungs = lad.get("rungs")
     if not isinstance(rungs, dict) or not rungs:
         raise ConfigError("ladder.rungs must be a non-empty mapping rung -> {model, train, lrs | lr_scale, baseline_only}")
@@ -123,14 +150,34 @@ def expand(config: dict, variants: dict) -> tuple[dict, dict | None, str]:
             desc = vs.get("description") or v
             new["description"] = f"{desc} @ {r}"
             out[name_of(v, r)] = new
+        for h in horizons if not spec.get("baseline_only") else []:  # the baseline's training-length curve here
+            vs = variants[baseline] or {}
+            steps = max(1, round(train["steps"] * h))
+            htrain = {**train, "steps": steps}
+            for k in SCHEDULE:
+                if k in train:
+                    htrain[k] = max(1, round(train[k] * steps / train["steps"]))
+            new = copy.deepcopy({k: x for k, x in vs.items() if k not in ("lrs", "description", "family")})
+            new["model"] = {**(spec.get("model") or {}), **(vs.get("model") or {})}
+            new["train"] = {**htrain, **(vs.get("train") or {})}
+            new = {k: x for k, x in new.items() if x != {}}
+            arm = horizon_arm(baseline, h)
+            new.update(lrs=[float(x) for x in (spec.get("lrs") or [_sig(x * scale) for x in (vs.get("lrs") or
+                                                                                             config["lrs"])])],
+                       rung=r, arm=arm, baseline=name_of(baseline, r), horizon=h, family="horizon",
+                       description=f"the baseline trained for {h:g} x the rung's steps ({steps}) @ {r}")
+            out[name_of(arm, r)] = new
         summary_rungs.append({"rung": r, "model": spec.get("model") or {}, "steps": int(train["steps"]),
                               "nonembed_params": int(n), "baseline_only": bool(spec.get("baseline_only")),
                               "lrs": spec.get("lrs"), "lr_scale": spec.get("lr_scale"),
                               "description": spec.get("description", "")})
     order = {name: i for i, name in enumerate(out)}  # variant-major, then rung (the figures' order)
-    arm_rank = {v: i for i, v in enumerate(variants)}
+    arm_rank = {v: i for i, v in enumerate(variants)}  # the horizon arms right after the baseline
+    arm_rank.update({horizon_arm(baseline, h): arm_rank[baseline] + (k + 1) / (len(horizons) + 1)
+                     for k, h in enumerate(horizons)})
     out = dict(sorted(out.items(), key=lambda kv: (arm_rank[kv[1]["arm"]], order[kv[0]])))
     first = name_of(baseline, full[0])
     summary = {"baseline": baseline, "arms": list(variants), "rungs": summary_rungs, "fit": fit,
-               "tokens_exponent": float(a), "description": lad.get("description", "")}
+               "tokens_exponent": float(a), "description": lad.get("description", ""),
+               "horizons": {horizon_arm(baseline, h): h for h in horizons}}
     return out, summary, first
