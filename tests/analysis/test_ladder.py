@@ -554,3 +554,18 @@ def test_figures_with_horizon_arms(tmp_path):
 
     paths = figures(t, L.points(runs, spec), L.fit_lines(t, spec), spec, tmp_path, runs, 3.3, "baseline@r0")
     assert len(paths) == 4 and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_scale_trend_check_reads_the_training_length_curve():
+    # catches: the scorecard's S1 trend computed on the model-size curve while the ladder table reads the
+    # training-length curve (then the top rung, with no baseline rung above it, would drop out of the trend)
+    from workflows.claims import Evidence, KINDS
+
+    runs = _horizon_runs(np.random.default_rng(4), 0.3)
+    check = {"kind": "scale_trend", "treatment": "good", "control": "baseline", "min_seeds": 3}
+    [m] = KINDS["scale_trend"].fn(Evidence(runs, {}), check)
+    assert m.n == 3 and np.isfinite(m.effect) and m.lo <= 0.0 <= m.hi  # a constant multiplier: slope ~ 0
+    assert "training-length curve" in " ".join(m.notes) and "r1 r2" in " ".join(m.notes)
+    spec = {**lad(["baseline", "good"], rungs=3), "horizons": {"baseline-x0.667": 0.667, "baseline-x1.5": 1.5}}
+    _, trends = L.ladder_table(runs, spec)
+    assert m.effect == pytest.approx(trends.set_index("variant").loc["good", "slope"])

@@ -20,6 +20,7 @@ import pandas as pd
 
 from workflows.analysis import selection, stats
 from workflows.analysis.scale import human, scale_of
+from workflows.grid.ladder import HORIZON
 from .evidence import Evidence, NotRun
 from .verdict import Measure
 
@@ -504,21 +505,31 @@ def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
             raise NotRun(f"the ladder has no variant {a!r}")
     rungs = (arms[c["control"]].groupby("rung").apply(lad.planned_compute, include_groups=False)
              .sort_values().index.tolist())
+    # the control's training-length curve, where the ladder has one (ladder.horizons: arms "<control>-x<h>")
+    arm_of = runs.variant.str.rsplit(lad.SEP, n=1).str[0]
+    horizons = {}
+    for a in sorted(set(arm_of)):
+        h = a[len(c["control"]) + len(HORIZON):] if a.startswith(c["control"] + HORIZON) else ""
+        if re.fullmatch(r"[0-9.]+(e-?[0-9]+)?", h):
+            horizons[a] = float(h)
+            arms[a] = runs[arm_of == a]
     spec = {"baseline": c["control"], "arms": [c["control"], c["treatment"]], "fit": c.get("fit", "loglinear"),
-            "rungs": [{"rung": r} for r in rungs]}
+            "rungs": [{"rung": r} for r in rungs], "horizons": horizons}
     both = pd.concat(arms.values())
     seeds = sorted(set(arms[c["control"]].seed) & set(arms[c["treatment"]].seed))
     both = both[both.seed.isin(seeds)]
     cs = lad.cells(both, spec, seeds)
     base = [cs[(c["control"], r)] for r in rungs if (c["control"], r) in cs]
     own = [cs[(c["treatment"], r)] for r in rungs if (c["treatment"], r) in cs]
-    tr = lad.local_trend(own, base, seeds)
+    tr = lad.local_trend(own, base, seeds, lnm_of=lambda cell: lad.primary_log_multipliers(cell, cs, spec, seeds))
     pilot = ev.lr_protocol == "pilot"
     m = Measure(lr_choice="each (variant, rung) at the LR its pilot seeds chose" if pilot else
                 "each seed at its cross-fitted LR per rung (the best LR of the other seeds)")
     m.effect, m.lo, m.hi, m.n = tr["slope"], tr["slope_low"], tr["slope_high"], tr["seeds"]
-    m.notes.append(f"paired local multipliers (each seed against its own baseline at the rung, over its local "
-                   f"slope between {len(base)} baseline rungs); per-seed slope over rungs {tr['rungs_used'] or '—'}")
+    curve = (f"its local slope on the baseline's training-length curve at the rung ({', '.join(horizons)})"
+             if horizons else f"its local slope between {len(base)} baseline rungs")
+    m.notes.append(f"paired local multipliers (each seed against its own baseline at the rung, over {curve}); "
+                   f"per-seed slope over rungs {tr['rungs_used'] or '—'}")
     if tr.get("note"):
         m.notes.append(tr["note"])
     _need(m, "seeds", len(seeds), c["min_seeds"])
