@@ -22,20 +22,25 @@ def test_replicate_classifies_every_outcome(tmp_path):
     scorecard(a, [row("C1.a", "holds", -0.1, -0.2, -0.05), row("C2.a", "holds", -0.1, -0.2, -0.05),
                   row("C3.a", "inconclusive", 0.0, -0.1, 0.1), row("C4.a", "holds", -0.1, -0.2, -0.01),
                   row("C5.a", "not run", float("nan"), float("nan"), float("nan")),
-                  row("C6.a", "holds", 1.2, 1.1, 1.3, "probe", "L=3")], [0, 1, 2, 3])
+                  row("C6.a", "holds", 1.2, 1.1, 1.3, "probe", "L=3"), row("L2.a", "holds", 0.1, 0.05, 0.2, "probe_delta"),
+                  row("C7s.a", "contradicted", 1.1, 1.05, 1.2, "speed_ratio")], [0, 1, 2, 3])
     scorecard(b, [row("C1.a", "holds", -0.12, -0.2, -0.04), row("C2.a", "contradicted", 0.1, 0.05, 0.2),
                   row("C3.a", "inconclusive", 0.01, -0.1, 0.1), row("C4.a", "inconclusive", -0.05, -0.2, 0.1),
                   row("C5.a", "not run", float("nan"), float("nan"), float("nan")),
-                  row("C6.a", "holds", 1.25, 1.1, 1.4, "probe", "L=3")], [1000, 1001, 1002, 1003])
+                  row("C6.a", "holds", 1.25, 1.1, 1.4, "probe", "L=3"), row("L2.a", "holds", 0.1, 0.05, 0.2, "probe_delta"),
+                  row("C7s.a", "contradicted", 1.1, 1.04, 1.3, "speed_ratio")], [1000, 1001, 1002, 1003])
     assert replicate.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
     df = pd.read_csv(tmp_path / "out" / "replication.csv", keep_default_na=False, na_values=[""]).set_index("check")
     assert df.outcome.to_dict() == {"C1.a": "replicated", "C2.a": "conflict", "C3.a": "undecided",
-                                    "C4.a": "decided once", "C5.a": "not run", "C6.a": "replicated"}
+                                    "C4.a": "decided once", "C5.a": "not run", "C6.a": "replicated",
+                                    "L2.a": "replicated", "C7s.a": "replicated"}
     assert bool(df.loc["C1.a", "cis_overlap"]) and not bool(df.loc["C2.a", "cis_overlap"])
     assert df.loc["C6.a", "group"] == "L=3"
     md = (tmp_path / "out" / "replication.md").read_text()
     assert "seeds [1000, 1001, 1002, 1003] (seed_offset 1000)" in md
-    assert "Training-run checks (not probes): 3 decided in A, 2 in B, 1 replicated, 1 in conflict." in md
+    assert ("Training-run checks (the grid's trained runs; not the probes or the speed bench): 3 decided in A, 2 in "
+            "B, 1 replicated, 1 in conflict.") in md
+    assert "Speed-bench checks: 1 decided in A, 1 in B, 1 replicated, 0 in conflict." in md  # probes: in neither
 
 
 def test_replicate_reports_a_missing_scorecard(tmp_path, capsys):

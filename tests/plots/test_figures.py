@@ -201,6 +201,12 @@ def test_scale_line():
     assert scale.scale_line(runs, "nope").startswith("scale: 900–1.2k params ·")
     assert scale.scale_line(None) == "scale: no training runs"
     assert scale.scale_of(runs) == ("900–1.2k", "5.12k")
+    # runs planned at different lengths (a ladder's horizon arms): the baseline's, with the range over runs
+    planned = runs.assign(steps=[10, 10, 5, 15], batch_size=8, context_length=64)
+    assert "· 5.12k training tokens per run (baseline; 2.56k–7.68k over runs) ·" in scale.scale_line(planned, "baseline")
+    assert "· 2.56k–7.68k training tokens per run ·" in scale.scale_line(planned, "nope")
+    same = runs.assign(steps=10, batch_size=8, context_length=64)  # one planned length: as before
+    assert scale.scale_line(same, "baseline") == scale.scale_line(runs, "baseline")
 
 
 def _subtitle(fig):

@@ -438,7 +438,9 @@ def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -
                 row.update(on_length if on_length is not None else size,
                            axis="training length" if on_length is not None else "model size")
                 row.update({f"size_{k}": v for k, v in size.items() if k != "note"}, size_note=size["note"])
-            g = _multiplier(c, base, bfit, form, len(seeds), level)
+            g = (_multiplier(c, base, bfit, form, len(seeds), level) if arm not in horizons else  # not a change
+                 {"multiplier": math.nan, "multiplier_low": math.nan, "multiplier_high": math.nan, "censored": "",
+                  "note": ""})
             row.update({f"global_{k}" if k != "note" else "global_note": v for k, v in g.items()})
             row.update(r2=ofit.r2 if ofit else math.nan, fit=form, fit_params=" ".join(f"{p:.6g}" for p in ofit.params)
                        if ofit else "")

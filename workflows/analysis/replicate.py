@@ -28,6 +28,8 @@ import pandas as pd
 from workflows.io import write_csv, write_text
 
 DECIDED = ("holds", "contradicted")
+PROBE_KINDS = ["probe", "probe_delta"]  # measured on the probes' own small models, not on the grid's runs
+BENCH_KINDS = ["speed_ratio", "decode_ratio", "profile_share"]  # the side-by-side speed, decode and profile jobs
 OUTCOMES = ("replicated", "conflict", "decided once", "undecided", "not run")
 
 
@@ -91,10 +93,13 @@ def markdown(df: pd.DataFrame, a: Path, b: Path) -> str:
              "a verdict counts as evidence when both runs, on disjoint seeds, give it.", "",
              f"- decided (holds or contradicted): {decided_a} checks in A, {decided_b} in B",
              *(f"- {o}: {int(counts.get(o, 0))}" for o in OUTCOMES), ""]
-    runs = df[df.kind != "probe"]
-    lines += [f"Training-run checks (not probes): {int(runs.verdict_a.isin(DECIDED).sum())} decided in A, "
-              f"{int(runs.verdict_b.isin(DECIDED).sum())} in B, {int((runs.outcome == 'replicated').sum())} "
-              f"replicated, {int((runs.outcome == 'conflict').sum())} in conflict.", ""]
+    for label, part in (("Training-run checks (the grid's trained runs; not the probes or the speed bench)",
+                         df[~df.kind.isin(PROBE_KINDS + BENCH_KINDS)]),
+                        ("Speed-bench checks", df[df.kind.isin(BENCH_KINDS)])):
+        lines += [f"{label}: {int(part.verdict_a.isin(DECIDED).sum())} decided in A, "
+                  f"{int(part.verdict_b.isin(DECIDED).sum())} in B, {int((part.outcome == 'replicated').sum())} "
+                  f"replicated, {int((part.outcome == 'conflict').sum())} in conflict."]
+    lines += [""]
     t = pd.DataFrame({
         "check": [c + (f" ({g})" if g else "") for c, g in zip(df.check, df.group)],
         "what": df.what, "holds if": df.rule,

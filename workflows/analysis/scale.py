@@ -34,7 +34,8 @@ def scale_of(*frames) -> tuple[str, str]:
 
 def scale_line(runs: pd.DataFrame | None, baseline: str | None = None) -> str:
     """'scale: 210k params (baseline; 190k–260k over variants) · 82k training tokens per run · 2 seeds ·
-    device: …'. Tokens per run: the longest run (diverged runs stop early)."""
+    device: …'. Tokens per run: the longest run (diverged runs stop early); where the runs are planned at different
+    lengths (a ladder's horizon arms), the baseline's with the range over runs."""
     if runs is None or not len(runs):
         return "scale: no training runs"
     params = _ints([runs], "params")
@@ -49,6 +50,13 @@ def scale_line(runs: pd.DataFrame | None, baseline: str | None = None) -> str:
         p = "params unknown"
     tokens = _ints([runs], "tokens_seen")
     t = f"{human(tokens[-1])} training tokens per run" if tokens else "training tokens unknown"
+    if {"steps", "batch_size", "context_length"} <= set(runs.columns):  # runs planned at different lengths
+        planned = sorted({int(x) for x in (runs.steps * runs.batch_size * runs.context_length).dropna()})
+        base_planned = sorted({int(x) for x in (base.steps * base.batch_size * base.context_length).dropna()})
+        if len(planned) > 1:
+            span = f"{human(planned[0])}–{human(planned[-1])} over runs"
+            t = (f"{human(base_planned[-1])} training tokens per run ({baseline}; {span})" if base_planned
+                 else f"{span.replace(' over runs', '')} training tokens per run")
     seeds = runs.seed.nunique() if "seed" in runs.columns else 0
     s = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds else "seeds unknown"
     devices = sorted({str(x) for x in runs.device.dropna()}) if "device" in runs.columns else []
