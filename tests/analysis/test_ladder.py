@@ -563,9 +563,10 @@ def test_scale_trend_check_reads_the_training_length_curve():
 
     runs = _horizon_runs(np.random.default_rng(4), 0.3)
     check = {"kind": "scale_trend", "treatment": "good", "control": "baseline", "min_seeds": 3}
-    [m] = KINDS["scale_trend"].fn(Evidence(runs, {}), check)
+    hz = {"baseline-x0.667": 0.667, "baseline-x1.5": 1.5}  # grid.json's ladder.horizons
+    [m] = KINDS["scale_trend"].fn(Evidence(runs, {}, horizons=hz), check)
     assert m.n == 3 and np.isfinite(m.effect) and m.lo <= 0.0 <= m.hi  # a constant multiplier: slope ~ 0
     assert "training-length curve" in " ".join(m.notes) and "r1 r2" in " ".join(m.notes)
-    spec = {**lad(["baseline", "good"], rungs=3), "horizons": {"baseline-x0.667": 0.667, "baseline-x1.5": 1.5}}
+    spec = {**lad(["baseline", "good"], rungs=3), "horizons": hz}
     _, trends = L.ladder_table(runs, spec)
     assert m.effect == pytest.approx(trends.set_index("variant").loc["good", "slope"])

@@ -69,7 +69,7 @@ def test_planned_p_is_the_decision_p_of_the_interval_it_implies(registry):
 def test_plan_pools_scorecards_and_counts_holm_decisions(registry):
     a = pd.read_csv(FOUR_SEEDS / "claims.csv")
     b = pd.read_csv(FOUR_SEEDS / "replicate" / "claims.csv")
-    df, decided = power.plan([a, b], registry, [4, 6, 8])
+    df, decided = power.plan([a, b], REPO / "config" / "claims.yaml", [4, 6, 8])
     assert set(df.check) == {"C3.a", "C6.a", "C6.b", "C7.a", "C8.a", "C9.a", "C10.a", "C10.b", "C13.b", "C15.a"}
     row = df.set_index("check").loc["C6.b"]
     ra, rb = (x[x.check == "C6.b"].iloc[0] for x in (a, b))

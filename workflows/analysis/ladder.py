@@ -308,27 +308,36 @@ def local_multiplier(cell: Cell, base: list[Cell], seeds, level: float = stats.L
     return _summarise(_lnm_on(cell, bs, at[0], seeds), cell, bs, at[0], seeds, level, "rung")
 
 
-def horizon_multiplier(cell: Cell, cs: dict, ladder: dict, seeds, level: float = stats.LEVEL) -> dict | None:
-    """The cell's compute multiplier on the baseline's training-length curve at its rung (``curve_for``): per
-    seed, the variant against the same seed's baseline trained for the rung's steps, over that seed's local slope
-    between the horizon arms either side (``paired_local_lnm``, the same arithmetic as across rungs). m is then
-    the training compute the baseline of this size needs to reach the variant's loss, over the variant's. None
-    when the rung has no horizon arms."""
-    got = curve_for(cell, cs, ladder, "training length")
-    if got is None:
-        return None
-    curve, i = got
-    return _summarise(_lnm_on(cell, curve, i, seeds), cell, curve, i, seeds, level, "training-length curve")
+WHERE = {"training length": "training-length curve", "model size": "rung"}  # how the notes name each axis's points
 
 
-def primary_log_multipliers(cell: Cell, cs: dict, ladder: dict, seeds) -> np.ndarray:
-    """Per seed, ln m of ``cell`` on its primary axis: the training-length curve where the rung has horizon arms,
-    else the model-size curve."""
+def primary_curve(cell: Cell, cs: dict, ladder: dict) -> tuple[str, list[Cell], int] | None:
+    """(axis, curve, i) of ``cell``'s primary multiplier: the baseline's training-length curve at its rung where
+    the ladder has horizon arms there, else its model-size curve (``curve_for``); None where the rung has no
+    baseline."""
     for axis in AXES:
         got = curve_for(cell, cs, ladder, axis)
         if got is not None:
-            return _lnm_on(cell, *got, seeds)
-    return np.full(len(seeds), np.nan)
+            return (axis, *got)
+    return None
+
+
+def primary_log_multipliers(cell: Cell, cs: dict, ladder: dict, seeds) -> np.ndarray:
+    """Per seed, ln m of ``cell`` on its primary curve (``primary_curve``)."""
+    got = primary_curve(cell, cs, ladder)
+    return _lnm_on(cell, got[1], got[2], seeds) if got else np.full(len(seeds), np.nan)
+
+
+def primary_multiplier(cell: Cell, cs: dict, ladder: dict, seeds, level: float = stats.LEVEL) -> dict:
+    """The cell's compute multiplier on its primary curve, with the ``axis`` it was read on. On the training-length
+    curve: per seed, the variant against the same seed's baseline trained for the rung's steps, over that seed's
+    local slope between the horizon arms either side, so m is the training compute the baseline of this size needs
+    to reach the variant's loss, over the variant's; on the model-size curve: ``local_multiplier``."""
+    got = primary_curve(cell, cs, ladder)
+    if got is None:
+        return {**_summarise(np.full(len(seeds), np.nan), cell, [], 0, seeds, level, "rung"), "axis": "model size"}
+    axis, curve, i = got
+    return {**_summarise(_lnm_on(cell, curve, i, seeds), cell, curve, i, seeds, level, WHERE[axis]), "axis": axis}
 
 
 def local_trend(own: list[Cell], base: list[Cell], seeds, level: float = stats.LEVEL, lnm_of=None) -> dict:
@@ -434,13 +443,9 @@ def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -
                                 "training-length curve")
             else:
                 size = local_multiplier(c, base, seeds, level)
-                on_length = horizon_multiplier(c, cs, ladder, seeds, level)
-                row.update(on_length if on_length is not None else size,
-                           axis="training length" if on_length is not None else "model size")
+                row.update(primary_multiplier(c, cs, ladder, seeds, level))
                 row.update({f"size_{k}": v for k, v in size.items() if k != "note"}, size_note=size["note"])
-            g = (_multiplier(c, base, bfit, form, len(seeds), level) if arm not in horizons else  # not a change
-                 {"multiplier": math.nan, "multiplier_low": math.nan, "multiplier_high": math.nan, "censored": "",
-                  "note": ""})
+            g = _multiplier(c, base, bfit, form, len(seeds), level) if arm not in horizons else _no_multiplier()
             row.update({f"global_{k}" if k != "note" else "global_note": v for k, v in g.items()})
             row.update(r2=ofit.r2 if ofit else math.nan, fit=form, fit_params=" ".join(f"{p:.6g}" for p in ofit.params)
                        if ofit else "")
@@ -452,9 +457,12 @@ def ladder_table(runs: pd.DataFrame, ladder: dict, level: float = stats.LEVEL) -
     return pd.DataFrame(rows), pd.DataFrame(trends)
 
 
+def _no_multiplier() -> dict:
+    return {"multiplier": math.nan, "multiplier_low": math.nan, "multiplier_high": math.nan, "censored": "", "note": ""}
+
+
 def _multiplier(c: Cell, base, bfit: Fit | None, form: str, n: int, level: float) -> dict:
-    out = {"multiplier": math.nan, "multiplier_low": math.nan, "multiplier_high": math.nan, "censored": "",
-           "note": ""}
+    out = _no_multiplier()
     if bfit is None:
         out["note"] = f"the baseline's {form} fit is undefined (needs ≥ {MIN_RUNGS[form]} rungs with a loss)"
         return out

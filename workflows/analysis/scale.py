@@ -54,9 +54,9 @@ def scale_line(runs: pd.DataFrame | None, baseline: str | None = None) -> str:
         planned = sorted({int(x) for x in (runs.steps * runs.batch_size * runs.context_length).dropna()})
         base_planned = sorted({int(x) for x in (base.steps * base.batch_size * base.context_length).dropna()})
         if len(planned) > 1:
-            span = f"{human(planned[0])}–{human(planned[-1])} over runs"
-            t = (f"{human(base_planned[-1])} training tokens per run ({baseline}; {span})" if base_planned
-                 else f"{span.replace(' over runs', '')} training tokens per run")
+            span = f"{human(planned[0])}–{human(planned[-1])}"
+            t = (f"{human(base_planned[-1])} training tokens per run ({baseline}; {span} over runs)" if base_planned
+                 else f"{span} training tokens per run")
     seeds = runs.seed.nunique() if "seed" in runs.columns else 0
     s = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds else "seeds unknown"
     devices = sorted({str(x) for x in runs.device.dropna()}) if "device" in runs.columns else []

@@ -36,6 +36,7 @@ class Evidence:
     tables: dict = field(default_factory=dict)  # other measured tables by name (``--table NAME=PATH``): ladder, decode...
     lr_protocol: str = ""  # grid.json's: "pilot" (each variant at its assigned LR), "shared", "crossfit"
     ngram: dict | None = None  # n-gram references on the evaluation tokens (workflows.data.ngram): the trigram guard
+    horizons: dict = field(default_factory=dict)  # grid.json's ladder.horizons: the baseline's horizon arm -> factor
 
     def table(self, name: str) -> pd.DataFrame:
         """Measured table ``name`` (e.g. the ladder's or the decode bench's); NotRun when this run has none."""

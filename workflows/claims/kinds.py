@@ -20,7 +20,7 @@ import pandas as pd
 
 from workflows.analysis import selection, stats
 from workflows.analysis.scale import human, scale_of
-from workflows.grid.ladder import HORIZON
+from workflows.grid.ladder import horizon_arm
 from .evidence import Evidence, NotRun
 from .verdict import Measure
 
@@ -505,14 +505,10 @@ def k_scale_trend(ev: Evidence, c: dict) -> list[Measure]:
             raise NotRun(f"the ladder has no variant {a!r}")
     rungs = (arms[c["control"]].groupby("rung").apply(lad.planned_compute, include_groups=False)
              .sort_values().index.tolist())
-    # the control's training-length curve, where the ladder has one (ladder.horizons: arms "<control>-x<h>")
+    # the control's training-length curve, where the ladder has one (grid.json's ladder.horizons)
     arm_of = runs.variant.str.rsplit(lad.SEP, n=1).str[0]
-    horizons = {}
-    for a in sorted(set(arm_of)):
-        h = a[len(c["control"]) + len(HORIZON):] if a.startswith(c["control"] + HORIZON) else ""
-        if re.fullmatch(r"[0-9.]+(e-?[0-9]+)?", h):
-            horizons[a] = float(h)
-            arms[a] = runs[arm_of == a]
+    horizons = {a: h for a, h in ev.horizons.items() if a == horizon_arm(c["control"], h) and (arm_of == a).any()}
+    arms.update({a: runs[arm_of == a] for a in horizons})
     spec = {"baseline": c["control"], "arms": [c["control"], c["treatment"]], "fit": c.get("fit", "loglinear"),
             "rungs": [{"rung": r} for r in rungs], "horizons": horizons}
     both = pd.concat(arms.values())

@@ -36,7 +36,7 @@ from workflows.io import write_text
 
 from .kinds import KINDS
 from .registry import load_registry
-from .verdict import decision_p, holds_region, sigma_from_ci
+from .verdict import decision_p, judge, sigma_from_ci
 
 HOLM_ALPHA = 0.05
 
@@ -46,14 +46,12 @@ def planned_p(effect: float, sd: float, n: int, c: dict, log_scale: bool = False
     sd is ``sd`` (on the log scale for a ratio check: ``effect`` is then the ratio, ``sd`` that of its log)."""
     if not (np.isfinite(effect) and np.isfinite(sd) and n >= 2) or (log_scale and effect <= 0):
         return math.nan
-    a, b, _ = holds_region(c)
     half = float(sp.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     if log_scale:
         lo, hi = effect * math.exp(-half), effect * math.exp(half)
     else:
         lo, hi = effect - half, effect + half
-    inside = (effect > a or (effect == a and c.get("direction") == "at_least")) and \
-             (effect < b or (effect == b and c.get("direction") == "at_most"))
+    inside = judge(effect, effect, effect, c)[0] == "holds"  # the verdict rule, on the effect itself
     return decision_p(effect, lo, hi, n, c, "holds" if inside else "contradicted", log_scale)
 
 
@@ -86,10 +84,8 @@ def pooled(claims: list[pd.DataFrame], reg: dict) -> pd.DataFrame:
 
 def plan(claims: list[pd.DataFrame], registry, seeds: list[int]) -> tuple[pd.DataFrame, dict[int, int]]:
     """The plan table (``pooled`` plus a ``p_n{n}`` column per seed count, sorted by the p of the largest n)
-    and, per seed count, how many of the checks Holm's adjustment over all of them would decide. ``registry``:
-    its path, or the registry ``load_registry`` returned."""
-    loaded = isinstance(registry, dict) and all("full_id" in c for cl in registry["claims"] for c in cl["checks"])
-    reg = registry if loaded else load_registry(registry)
+    and, per seed count, how many of the checks Holm's adjustment over all of them would decide."""
+    reg = load_registry(registry)
     checks = {c["full_id"]: c for cl in reg["claims"] for c in cl["checks"]}
     df = pooled(claims, reg)
     decided = {}

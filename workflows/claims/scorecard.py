@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,7 @@ def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
         r = runs.merge(at, on=key, how="inner")
         if not len(r):
             continue
-        step_ev = Evidence(r, ev.probes, ev.elsewhere, ev.compare_lr, ev.speed, ev.floors, ev.tables,
-                           ev.lr_protocol, None)  # (the trigram guard judges the final loss only)
+        step_ev = replace(ev, runs=r, ngram=None)  # (the trigram guard judges the final loss only)
         for cl, c in wanted:
             try:
                 measures = KINDS[c["kind"]].fn(step_ev, c)
@@ -361,7 +361,8 @@ def main(argv=None) -> int:
         df = evaluate(args.registry, Evidence(runs, load_probes(args.probes), variants_elsewhere(args.grids),
                                               compare_lr=float(compare_lr) if compare_lr else None, speed=speed,
                                               tables=tables, lr_protocol=(grid or {}).get("lr_protocol", ""),
-                                              ngram=json.loads(Path(args.ngram).read_text()) if args.ngram else None),
+                                              ngram=json.loads(Path(args.ngram).read_text()) if args.ngram else None,
+                                              horizons=((grid or {}).get("ladder") or {}).get("horizons") or {}),
                       history)
     except RegistryError as e:
         print(f"error: {args.registry}: {e}", file=sys.stderr)

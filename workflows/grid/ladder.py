@@ -53,6 +53,26 @@ def _horizons(lad: dict) -> list[float]:
     return sorted(float(h) for h in hz)
 
 
+def _scale_schedule(train: dict, ref: dict, factor: float, every: bool = False) -> dict:
+    """``train`` with the schedule's step counts (``SCHEDULE``) set to ``ref``'s × ``factor``: those ``train`` does
+    not set itself, or with ``every`` all of them (the steps changed, so every interval scales). Returns ``train``."""
+    for k in SCHEDULE:
+        if ref.get(k) and (every or k not in train):
+            train[k] = max(1, round(ref[k] * factor))
+    return train
+
+
+def _at_rung(vs: dict, spec: dict, train: dict, scale: float, grid_lrs: list) -> dict:
+    """Variant spec ``vs`` at rung ``spec``: the rung's model and ``train`` under the variant's own, and its LRs
+    (the rung's list, or the variant's or the grid's × the rung's ``lr_scale``)."""
+    new = copy.deepcopy({k: x for k, x in vs.items() if k != "lrs"})
+    new["model"] = {**(spec.get("model") or {}), **(vs.get("model") or {})}
+    new["train"] = {**train, **(vs.get("train") or {})}
+    new = {k: x for k, x in new.items() if x != {}}
+    new["lrs"] = [float(x) for x in (spec.get("lrs") or [_sig(x * scale) for x in (vs.get("lrs") or grid_lrs)])]
+    return new
+
+
 # ------------------------------------------------------------------------------------------------
 # expansion: config → variants
 def expand(config: dict, variants: dict) -> tuple[dict, dict | None, str]:
@@ -129,10 +149,7 @@ def expand(config: dict, variants: dict) -> tuple[dict, dict | None, str]:
                 raise ConfigError(f"{where}: the grid's train.steps is needed to scale the tokens")
             factor = (n / n_grid) ** a
             train["steps"] = max(1, round(base_steps * factor))
-        factor = train["steps"] / base_steps if base_steps else 1.0
-        for k in SCHEDULE:
-            if k in base_train and k not in train and base_train[k]:
-                train[k] = max(1, round(base_train[k] * factor))
+        _scale_schedule(train, base_train, train["steps"] / base_steps if base_steps else 1.0)
         arms = [baseline] if spec.get("baseline_only") else list(variants)
         for v in arms:
             vs = variants[v] or {}
@@ -141,32 +158,16 @@ def expand(config: dict, variants: dict) -> tuple[dict, dict | None, str]:
             if clash:
                 raise ConfigError(f"{where}: variant {v!r} sets {clash}, which the rung sets too; a rung sets the "
                                   "size, a variant its axis")
-            lrs = [float(x) for x in (spec.get("lrs") or [_sig(x * scale) for x in (vs.get("lrs") or config["lrs"])])]
-            new = copy.deepcopy({k: x for k, x in vs.items() if k not in ("lrs",)})
-            new["model"] = {**(spec.get("model") or {}), **(vs.get("model") or {})}
-            new["train"] = {**train, **(vs.get("train") or {})}
-            new = {k: x for k, x in new.items() if x != {}}
-            new.update(lrs=lrs, rung=r, arm=v, baseline=name_of(baseline, r))
-            desc = vs.get("description") or v
-            new["description"] = f"{desc} @ {r}"
+            new = _at_rung(vs, spec, train, scale, config["lrs"])
+            new.update(rung=r, arm=v, baseline=name_of(baseline, r), description=f"{vs.get('description') or v} @ {r}")
             out[name_of(v, r)] = new
         for h in horizons if not spec.get("baseline_only") else []:  # the baseline's training-length curve here
-            vs = variants[baseline] or {}
             steps = max(1, round(train["steps"] * h))
-            htrain = {**train, "steps": steps}
-            for k in SCHEDULE:
-                if k in train:
-                    htrain[k] = max(1, round(train[k] * steps / train["steps"]))
-            new = copy.deepcopy({k: x for k, x in vs.items() if k not in ("lrs", "description", "family")})
-            new["model"] = {**(spec.get("model") or {}), **(vs.get("model") or {})}
-            new["train"] = {**htrain, **(vs.get("train") or {})}
-            new = {k: x for k, x in new.items() if x != {}}
-            arm = horizon_arm(baseline, h)
-            new.update(lrs=[float(x) for x in (spec.get("lrs") or [_sig(x * scale) for x in (vs.get("lrs") or
-                                                                                             config["lrs"])])],
-                       rung=r, arm=arm, baseline=name_of(baseline, r), horizon=h, family="horizon",
-                       description=f"the baseline trained for {h:g} x the rung's steps ({steps}) @ {r}")
-            out[name_of(arm, r)] = new
+            htrain = _scale_schedule({**train, "steps": steps}, train, steps / train["steps"], every=True)
+            new = _at_rung(variants[baseline] or {}, spec, htrain, scale, config["lrs"])
+            new.update(rung=r, arm=horizon_arm(baseline, h), baseline=name_of(baseline, r), horizon=h,
+                       family="horizon", description=f"the baseline trained for {h:g} x the rung's steps ({steps}) @ {r}")
+            out[name_of(horizon_arm(baseline, h), r)] = new
         summary_rungs.append({"rung": r, "model": spec.get("model") or {}, "steps": int(train["steps"]),
                               "nonembed_params": int(n), "baseline_only": bool(spec.get("baseline_only")),
                               "lrs": spec.get("lrs"), "lr_scale": spec.get("lr_scale"),

@@ -112,10 +112,13 @@ def fig_compute_multiplier(table: pd.DataFrame, ladder: dict, runs: pd.DataFrame
     ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3, which="both")
     axes = set(table.get("axis", pd.Series(dtype=str)).dropna()) - {""}
-    hs = sorted((ladder.get("horizons") or {0: 1.0}).values())
-    curve = (f"the baseline's training-length curve at that rung ({hs[0]:g}x-{hs[-1]:g}x its steps)"
-             if axes == {"training length"} else "the baseline's model-size curve (the rungs either side)"
-             if axes == {"model size"} else "the curve in each row's 'axis' (training length or model size)")
+    if axes == {"training length"}:
+        hs = sorted(ladder["horizons"].values())
+        curve = f"the baseline's training-length curve at that rung ({hs[0]:g}x-{hs[-1]:g}x its steps)"
+    elif axes == {"model size"}:
+        curve = "the baseline's model-size curve (the rungs either side)"
+    else:
+        curve = "the curve in each row's 'axis' (training length or model size)"
     fig.suptitle("Each change as a compute multiplier per rung: each seed against its own baseline at that rung,\n"
                  f"Δloss over the local slope of {curve};\n95% t interval over seeds; 'extrap.': beyond the "
                  "points either side", fontsize=8)
