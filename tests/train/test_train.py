@@ -63,6 +63,32 @@ def test_param_groups_split_decay_from_norms_biases_embeddings():
     assert not no_decay["params"]
 
 
+def test_optimizer_is_fused_and_updates_like_the_for_loop_adamw():
+    """make_optimizer's fused AdamW against torch's single-tensor AdamW (the reference implementation) on the
+    same model, groups and gradients: equal parameters to float rounding after steps with weight decay."""
+    from models import ModelConfig, build
+
+    tc = T.TrainConfig(lr=3e-3, weight_decay=0.1)
+    torch.manual_seed(0)
+    a = build(ModelConfig(d_model=16, n_layers=1, n_heads=2, bias=True, context_length=8))
+    b = build(ModelConfig(d_model=16, n_layers=1, n_heads=2, bias=True, context_length=8))
+    b.load_state_dict(a.state_dict())
+    start = {n: p.detach().clone() for n, p in a.named_parameters()}
+    fused = T.make_optimizer(a, tc, torch.device("cpu"))
+    assert all(g["fused"] for g in fused.param_groups)
+    ref = torch.optim.AdamW(T.param_groups(b, tc), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps,
+                            foreach=False)
+    x = torch.randint(0, a.cfg.vocab_size, (4, 8))
+    for _ in range(5):
+        for m, opt in ((a, fused), (b, ref)):
+            m(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+        assert not torch.equal(p, start[n]), n  # every parameter moved: the comparison is not of two idle models
+
+
 def read(out):
     return json.loads((out / "metrics.json").read_text()), pd.read_parquet(out / "history.parquet")
 

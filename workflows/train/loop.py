@@ -113,10 +113,11 @@ def param_groups(model: torch.nn.Module, tc: TrainConfig) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW: the fused CUDA kernel on CUDA; on CPU fused=False and foreach left to torch, which picks the
-    single-tensor (for-loop) implementation for CPU parameters: the one the committed CPU results used."""
+    """AdamW, torch's fused kernel on CUDA and on CPU: the same update as the single-tensor (for-loop)
+    implementation to float rounding (tests/train/test_train.py), and on CPU 2.3% faster per step of the default
+    baseline (34.6 vs 33.8 ms, side by side in one process). CPU references before 2026-12-06 used the for-loop."""
     return torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps,
-                             fused=device.type == "cuda")
+                             fused=True)
 
 
 def fingerprint(cfg: RunConfig) -> str:
