@@ -93,19 +93,20 @@ def test_one_score_and_one_best_lr_across_aggregate_figures_and_claims():
 
 # ------------------------------------------------------------------------------------------------
 # the winner's curse, simulated
-def _coverage(k_t: int, k_c: int, n: int, draws: int, rule: str, seed: int = 1) -> float:
-    """How often the 95% interval of Δ covers the true Δ = 0 when every LR of both arms is tied (no true
-    difference anywhere): per-seed effects shared by both arms and all LRs (the pairing), run noise iid.
-    ``rule``: "in-sample" (each arm at its best LR over all its seeds, t interval over the paired differences:
-    the rule before this fix), "crossfit-t" (cross-fitted LRs with a plain t interval) or "scorecard" (the
-    loss_delta kind with at: best, as the scorecard runs it)."""
+def _coverage(k_t: int, k_c: int, n: int, draws: int, rule: str, seed: int = 1) -> tuple[float, float]:
+    """(coverage, mean width) of the 95% interval of Δ when every LR of both arms is tied (no true difference
+    anywhere; the truth is Δ = 0): per-seed effects shared by both arms and all LRs (the pairing), run noise iid.
+    ``rule``: "oracle" (both arms at their first LR, fixed in advance: a paired t interval, nothing selected),
+    "in-sample" (each arm at its best LR over all its seeds, t interval over the paired differences), "crossfit-t"
+    (cross-fitted LRs with a plain t interval) or "scorecard" (the loss_delta kind with at: best, as the scorecard
+    runs it). The same draws for every rule (``seed``)."""
     from workflows.claims import KINDS, validate_check
 
     check = validate_check({"id": "a", "what": "w", "kind": "loss_delta", "treatment": "t", "control": "c",
                             "at": "best", "direction": "below", "threshold": 0.0}, "sim", {"min_seeds": 3, "min_lrs": 1})
     rng = np.random.default_rng(seed)
     lrs_t, lrs_c = [10.0 ** -i for i in range(k_t)], [10.0 ** -i for i in range(k_c)]
-    hits = 0
+    hits, widths = 0, []
     for _ in range(draws):
         seed_eff = rng.normal(0, 1.0, n)
         t = pd.DataFrame(runs_of("t", {(s, lr): 2 + seed_eff[s] + rng.normal(0, 0.1) for s in range(n) for lr in lrs_t}))
@@ -114,7 +115,9 @@ def _coverage(k_t: int, k_c: int, n: int, draws: int, rule: str, seed: int = 1) 
             m = KINDS["loss_delta"].fn(Evidence(pd.concat([t, c], ignore_index=True), {}), check)[0]
             lo, hi = m.lo, m.hi
         else:
-            if rule == "in-sample":
+            if rule == "oracle":
+                lt, lc = {s: lrs_t[0] for s in range(n)}, {s: lrs_c[0] for s in range(n)}
+            elif rule == "in-sample":
                 lt = {s: selection.best_lr(t) for s in range(n)}
                 lc = {s: selection.best_lr(c) for s in range(n)}
             else:
@@ -122,19 +125,24 @@ def _coverage(k_t: int, k_c: int, n: int, draws: int, rule: str, seed: int = 1) 
             _, lo, hi, _ = stats.paired_delta(selection.values_at(t, lt, "final_val_loss"),
                                               selection.values_at(c, lc, "final_val_loss"))
         hits += lo <= 0 <= hi
-    return hits / draws
+        widths.append(hi - lo)
+    return hits / draws, float(np.mean(widths))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k_t, k_c", [(6, 3), (6, 1)])
-def test_lr_choice_keeps_coverage_with_tied_lrs(k_t, k_c):
-    """The scorecard's cross-fitted comparison covers Δ = 0 in ≥ 93% of draws with k tied LRs; the in-sample
-    best-LR rule it replaces, and cross-fitting with a plain t interval, are reported beside it."""
+@pytest.mark.parametrize("k_t, k_c, n", [(6, 3, 4), (3, 3, 3), (6, 3, 8)])
+def test_cross_fitted_interval_keeps_coverage_and_stays_near_the_oracle_width(k_t, k_c, n):
+    """The scorecard's cross-fitted comparison (at: best) with k tied LRs covers Δ = 0 in ≥ 93% of draws, and its
+    interval is at most 1.5x as wide as the oracle's (a paired t interval at LRs fixed in advance). The in-sample
+    best-LR rule and cross-fitting with a plain t interval (91-94% in a larger simulation) are printed beside it."""
     draws = 300
-    got = {rule: _coverage(k_t, k_c, 4, draws, rule) for rule in ("scorecard", "in-sample", "crossfit-t")}
-    print(f"\ncoverage of Δ = 0 at nominal 95%, {k_t} vs {k_c} tied LRs, 4 seeds, {draws} draws: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in got.items()))
-    assert got["scorecard"] >= 0.93
+    got = {rule: _coverage(k_t, k_c, n, draws, rule) for rule in ("scorecard", "oracle", "in-sample", "crossfit-t")}
+    width = got["scorecard"][1] / got["oracle"][1]
+    print(f"\n{k_t} vs {k_c} tied LRs, {n} seeds, {draws} draws: coverage at nominal 95% "
+          + ", ".join(f"{k} {v[0]:.3f}" for k, v in got.items()) + f"; width / oracle's {width:.2f}")
+    assert got["scorecard"][0] >= 0.93
+    assert width <= 1.5
+    assert got["oracle"][0] >= 0.92  # the reference itself is a valid interval on these draws
 
 
 def test_shared_lr_comparison_is_exact_under_the_null():

@@ -89,6 +89,31 @@ def test_optimizer_is_fused_and_updates_like_the_for_loop_adamw():
         assert not torch.equal(p, start[n]), n  # every parameter moved: the comparison is not of two idle models
 
 
+def test_evaluation_is_the_mean_window_loss_and_training_goes_on_after_it(corpus, work):
+    """Job.evaluate (under inference mode) against a naive evaluation: every validation window's summed
+    cross-entropy under no_grad, divided by the tokens; then a training step still runs (nothing evaluation
+    made is saved for backward)."""
+    import torch.nn.functional as F
+
+    from workflows.data.corpus import val_windows
+
+    cfg = T.RunConfig.from_dict(run_dict(corpus, eval_windows=24))
+    job = T.Job(cfg, work, work / "device" / "peak.json")
+    model, _ = job.model_for(cfg)
+    got = job.evaluate(cfg)
+    vx, vy = val_windows(job.data.val, cfg.model.context_length, 24)
+    model.eval()
+    with torch.no_grad():
+        want = sum(F.cross_entropy(model(x[None]).flatten(0, 1), y, reduction="sum").item() for x, y in zip(vx, vy))
+    model.train()
+    assert got == pytest.approx(want / vy.numel(), rel=1e-6)
+    assert not torch.is_inference_mode_enabled()
+    opt = T.make_optimizer(model, cfg.train, job.device)
+    x, y = job.batch(cfg, 0)
+    T.train_step(model, opt, x, y, cfg.train)
+    assert job.evaluate(cfg) != got  # the step changed the weights the next evaluation sees
+
+
 def read(out):
     return json.loads((out / "metrics.json").read_text()), pd.read_parquet(out / "history.parquet")
 

@@ -191,7 +191,7 @@ def summarise(runs: pd.DataFrame, grid: dict, history: pd.DataFrame | None = Non
             d, dlo, dhi, npair = 0.0, 0.0, 0.0, len(cmp)
         elif b not in best:
             d, dlo, dhi, npair = math.nan, math.nan, math.nan, 0
-        elif mode == "best":  # the claims' selection-aware interval (selection.crossfit_delta; no LR pilot)
+        elif mode == "best":  # the claims' cross-fitted interval (selection.crossfit_delta; no LR pilot)
             d, dlo, dhi, npair = selection.crossfit_delta(r, runs[runs.variant == b], "final_val_loss")
         else:
             d, dlo, dhi, npair = stats.paired_delta(cmp, compared(b))

@@ -104,19 +104,22 @@ def _lr_note(c: dict, lts: tuple) -> str:
     return f"LRs by fold {show(lt)} vs {show(lk)}"
 
 
+CROSSFIT_NOTE = "cross-fitted LRs: t interval over seeds, standard error x sqrt(2) for the two folds' correlation"
+
+
 @kind("metric_delta", required={"treatment", "control"}, optional=PAIRED | {"metric"})
 def k_metric_delta(ev: Evidence, c: dict) -> list[Measure]:
     """Mean of treatment − control of a run metric, paired by seed at the compared LRs (``at``: shared or
     each (seed, LR): Student-t interval over the paired differences, Welch's t interval when no pair is
-    shared (``stats.paired_delta``); best: cross-fitted, with the selection-aware jackknife of
-    ``selection.crossfit_delta``)."""
+    shared (``stats.paired_delta``); best: cross-fitted, the t interval over the cross-fitted differences with its
+    standard error ×√2 for the folds' correlation (``selection.crossfit_delta``)."""
     metric = c.get("metric", "final_val_loss")
     t, k, tv, kv, how, degenerate, lts = _paired_values(ev, c, metric)
     engaged, idle = ev.engagement(c, t, k, lts)
     m = Measure(lr_choice=how, not_judged=degenerate or idle, engagement=engaged)
     if "cross-fitted" in how:
         d, lo, hi, npair = selection.crossfit_delta(t, k, metric)
-        m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
+        m.notes.append(CROSSFIT_NOTE)
     else:
         d, lo, hi, npair = stats.paired_delta(tv, kv)
     if npair == 0 and np.isfinite(d):
@@ -171,7 +174,7 @@ def k_metric_ratio(ev: Evidence, c: dict) -> list[Measure]:
     if "cross-fitted" in how and not c.get("deterministic") and c.get("where") != "diverged":
         e, lo, hi, m.n = selection.crossfit_delta(t, k, metric, log=True, transform=c.get("transform"))
         m.effect, m.lo, m.hi = (math.exp(x) if np.isfinite(x) else math.nan for x in (e, lo, hi))
-        m.notes.append("jackknife t interval over seeds, LR choice re-done in every subset")
+        m.notes.append(CROSSFIT_NOTE)
     if c.get("where") == "diverged" and not tv:
         m.short.append(f"no diverged run of {c['treatment']!r}")
     _need(m, "seeds with finite pairs", m.n, 1 if c.get("deterministic") else c["min_seeds"])
