@@ -210,6 +210,33 @@ def test_pilot_evaluation_runs_have_no_lr_and_are_not_shared():
     assert g.job_steps("baseline") == 10 * (2 + 6)  # evaluation + pilot runs
 
 
+def test_only_piloted_variants_wait_for_the_lr_assignment(tmp_path):
+    # catches: a variant with one candidate LR (the default's stress trio) waiting for a pilot it does not have,
+    # which starts it after every pilot and leaves no small job to fill the cores at the end of the grid; or the
+    # reverse, a piloted variant that trains before (or without) its assigned LR
+    import subprocess
+    import sys
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for k in ("results", "figures", "logs", "work"):
+        cfg[k] = str(tmp_path / k)
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(tmp_path / "g.yaml"), "--cores", "1"],
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    g = Grid.from_config(load_pipeline_config(tmp_path / "g.yaml"))
+    piloted = set(g.pilot_variants())
+    assert piloted and set(g.trained_variants()) - piloted  # both kinds are in the default grid
+    jobs = [line for line in out.splitlines()  # the evaluation jobs (the pilot's log under logs/pilot/)
+            if "-m workflows.train --json" in line and f"{tmp_path / 'logs' / 'train'}/" in line]
+    assert len(jobs) == len(g.trained_variants())
+    for line in jobs:
+        variant = json.loads(line.split("--json '", 1)[1].split("'", 1)[0])[0]["variant"]
+        assert ("--assigned-lrs" in line) == (variant in piloted), (variant, line[-300:])
+
+
 def test_pilot_seeds_overlapping_evaluation_seeds_are_rejected():
     # catches: choosing the LR on seeds that then estimate the effect (the winner's curse the pilot exists to avoid)
     with pytest.raises(ConfigError, match=r"lr_pilot.seeds \[1, 5\] share seed\(s\) \[5\] with variant 'own_seeds'"):

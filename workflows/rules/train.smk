@@ -12,7 +12,10 @@ rule train:
     input:
         data=DATA_META,
         peak=PEAK_FLOPS,
-        assignment=[LR_ASSIGNMENT] if GRID.lr_pilot is not None else [],  # an LR-pilot grid: the assigned LRs
+        # a piloted variant waits for its assigned LR; a variant with one candidate LR has no pilot and starts at once
+        # (its runs already carry that LR), which also leaves the probes for the end of the grid, where they fill
+        # the cores the last train job leaves idle
+        assignment=lambda w: [LR_ASSIGNMENT] if GRID.pilot_job_runs(w.variant) else [],
     output:
         directory(JOB_DIR),
     log:
