@@ -161,12 +161,13 @@ def crossfit_delta(t: pd.DataFrame, k: pd.DataFrame, column: str, log: bool = Fa
     multiplied by √2. Within a fold the differences are independent given the other fold's choice, but the two
     folds' means are positively correlated through the choices (each fold's LR is picked on the other's data), so
     the plain t interval is too narrow: 91-94% coverage at nominal 95% with tied LRs. Whatever that correlation
-    is, Var((m_A + m_B)/2) = (V_A + V_B + 2 Cov)/4 ≤ (V_A + V_B)/2 (Cov ≤ √(V_A V_B) ≤ (V_A + V_B)/2), twice
-    the variance the plain interval assumes: hence √2. Simulated with every LR tied (tests/analysis/
-    test_selection.py, and 6,000 draws per case beside it): coverage 94-98% and a width 1.3-1.4x that of the oracle
-    interval (a paired t interval at one LR fixed in advance) over 3-12 seeds. This replaces a selection-aware jackknife whose leave-one-out
-    subsets of 3-4 seeds let one seed pick the LR (intervals many times the oracle's). n: seeds with a finite
-    difference."""
+    is, the variance of the mean over the folds, w_A m_A + w_B m_B, is at most (w_A √V_A + w_B √V_B)² ≤
+    2 (w_A² V_A + w_B² V_B) (Cauchy-Schwarz, then (a + b)² ≤ 2a² + 2b²): twice the variance the plain interval
+    assumes, for any fold sizes; hence √2. Simulated with every LR tied (tests/analysis/test_selection.py, and
+    6,000 draws per case beside it): coverage 94-98% and a width 1.3-1.4x that of the oracle interval (a paired t
+    interval at one LR fixed in advance) over 3-12 seeds. This replaces a selection-aware jackknife whose
+    leave-one-out subsets of 3-4 seeds let one seed pick the LR (intervals many times the oracle's). n: seeds with
+    a finite difference."""
     from workflows.analysis import stats
 
     seeds = sorted({int(x) for x in t.seed} & {int(x) for x in k.seed})
