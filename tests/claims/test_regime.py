@@ -235,6 +235,18 @@ def test_only_piloted_variants_wait_for_the_lr_assignment(tmp_path):
     for line in jobs:
         variant = json.loads(line.split("--json '", 1)[1].split("'", 1)[0])[0]["variant"]
         assert ("--assigned-lrs" in line) == (variant in piloted), (variant, line[-300:])
+    # and the assignment they wait on runs at the pilot's priority, before any train job or probe that is ready
+    # (in a measured grid it queued 8 minutes behind the stress jobs and the probes at the default priority 0)
+    priorities, rule = {}, None  # rule -> the highest priority of its jobs (a job without a priority line: 0)
+    for line in out.splitlines():
+        words = line.split()
+        if words[:1] in (["rule"], ["localrule"]):
+            rule = words[1].rstrip(":")
+            priorities.setdefault(rule, 0)
+        elif rule and words[:1] == ["priority:"]:
+            priorities[rule] = max(priorities[rule], int(words[1]))
+    assert {"assign_lrs", "train", "probe"} <= set(priorities), priorities
+    assert priorities["assign_lrs"] > max(priorities["train"], priorities["probe"]), priorities
 
 
 def test_pilot_seeds_overlapping_evaluation_seeds_are_rejected():

@@ -1,6 +1,6 @@
 # LR pilot: with `lr_pilot: {seeds: [...]}` in the config, each variant with several candidate LRs first trains
 # every (pilot seed, candidate LR) in its pilot job (RESULTS/pilot/<variant>/seed<s>/lr<lr>/); rule assign_lrs
-# turns them into RESULTS/lr_assignment.json (workflows.analysis.pilot: the candidate with the lowest mean capped loss) and
+# (at the pilot's priority: every piloted evaluation job waits on it) turns them into RESULTS/lr_assignment.json (workflows.analysis.pilot: the candidate with the lowest mean capped loss) and
 # pilot_runs.csv; the evaluation jobs (rule train) then train their seeds at the assigned LR only. Nothing
 # without an lr_pilot.
 LR_ASSIGNMENT = f"{RESULTS}/lr_assignment.json"
@@ -52,6 +52,8 @@ if GRID.lr_pilot is not None:
             f"{LOGS}/assign_lrs.log",
         conda:
             "../../environment.yml"
+        # as the pilot's jobs: every piloted evaluation job waits on it, so it must not queue behind a probe
+        priority: 10**9
         params:
             out=lambda w, output: os.path.dirname(output.assignment),  # RESULTS
         shell:
