@@ -1,8 +1,8 @@
 # LR pilot: with `lr_pilot: {seeds: [...]}` in the config, each variant with several candidate LRs first trains
 # every (pilot seed, candidate LR) in its pilot job (RESULTS/pilot/<variant>/seed<s>/lr<lr>/); rule assign_lrs
-# (at the pilot's priority: every piloted evaluation job waits on it) turns them into RESULTS/lr_assignment.json (workflows.analysis.pilot: the candidate with the lowest mean capped loss) and
-# pilot_runs.csv; the evaluation jobs (rule train) then train their seeds at the assigned LR only. Nothing
-# without an lr_pilot.
+# (at the pilot's priority: every piloted evaluation job waits on it) turns them into RESULTS/lr_assignment.json
+# (workflows.analysis.pilot: the candidate with the lowest mean capped loss) and pilot_runs.csv; the evaluation
+# jobs (rule train) then train their seeds at the assigned LR only. Nothing without an lr_pilot.
 LR_ASSIGNMENT = f"{RESULTS}/lr_assignment.json"
 PILOT_JOB_DIR = f"{RESULTS}/pilot/{{variant}}"
 PILOT_OUTPUTS = []
