@@ -214,18 +214,12 @@ def test_only_piloted_variants_wait_for_the_lr_assignment(tmp_path):
     # catches: a variant with one candidate LR (the default's stress trio) waiting for a pilot it does not have,
     # which starts it after every pilot and leaves no small job to fill the cores at the end of the grid; or the
     # reverse, a piloted variant that trains before (or without) its assigned LR
-    import subprocess
-    import sys
+    from tests.grid.test_seed_offset import dry_run  # the Snakefile's dry run with -p, outputs under tmp_path
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for k in ("results", "figures", "logs", "work"):
-        cfg[k] = str(tmp_path / k)
-    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(tmp_path), "--configfile", str(tmp_path / "g.yaml"), "--cores", "1"],
-                          capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    cfg = {k: v for k, v in cfg.items() if k not in ("results", "figures", "logs", "work")}
+    rc, out = dry_run(tmp_path, cfg)
+    assert rc == 0, out[-3000:]
     g = Grid.from_config(load_pipeline_config(tmp_path / "g.yaml"))
     piloted = set(g.pilot_variants())
     assert piloted and set(g.trained_variants()) - piloted  # both kinds are in the default grid

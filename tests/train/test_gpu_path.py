@@ -98,7 +98,7 @@ def small_run(corpus, work):
     cfg = T.RunConfig.from_dict(run_dict(corpus))
     job = T.Job(cfg, work, work / "device" / "peak_flops.json")
     model, _ = job.model_for(cfg)
-    opt = T.make_optimizer(model, cfg.train, job.device)
+    opt = T.make_optimizer(model, cfg.train)
     rec = T.Recorder(cfg, init_loss=math.log(256), bytes_per_token=1.0)
     return cfg, job, model, opt, rec
 

@@ -74,7 +74,7 @@ def test_optimizer_is_fused_and_updates_like_the_for_loop_adamw():
     b = build(ModelConfig(d_model=16, n_layers=1, n_heads=2, bias=True, context_length=8))
     b.load_state_dict(a.state_dict())
     start = {n: p.detach().clone() for n, p in a.named_parameters()}
-    fused = T.make_optimizer(a, tc, torch.device("cpu"))
+    fused = T.make_optimizer(a, tc)
     assert all(g["fused"] for g in fused.param_groups)
     ref = torch.optim.AdamW(T.param_groups(b, tc), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps,
                             foreach=False)
@@ -108,7 +108,7 @@ def test_evaluation_is_the_mean_window_loss_and_training_goes_on_after_it(corpus
     model.train()
     assert got == pytest.approx(want / vy.numel(), rel=1e-6)
     assert not torch.is_inference_mode_enabled()
-    opt = T.make_optimizer(model, cfg.train, job.device)
+    opt = T.make_optimizer(model, cfg.train)
     x, y = job.batch(cfg, 0)
     T.train_step(model, opt, x, y, cfg.train)
     assert job.evaluate(cfg) != got  # the step changed the weights the next evaluation sees

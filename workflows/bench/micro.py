@@ -45,7 +45,7 @@ class Bench:
         self.job = Job(self.cfg, Path(work), Path(work) / "device" / "peak_flops.json")
         self.model, _ = self.job.model_for(self.cfg)
         self.job.begin_run(self.cfg)  # as in training: on CUDA the batch offsets go to the device once
-        self.opt = make_optimizer(self.model, self.cfg.train, self.job.device)
+        self.opt = make_optimizer(self.model, self.cfg.train)
         self.scaler = S.grad_scaler(self.job.device, self.job.dtype)  # an fp16 run's loss scaler, as in training
 
     def step(self, step: int, phase=None) -> None:

@@ -259,7 +259,7 @@ class ProfiledStep:
         self.cfg = RunConfig.from_dict(run)
         torch.manual_seed(self.cfg.seed)
         self.model = build(self.cfg.model).to(device)
-        self.opt = make_optimizer(self.model, self.cfg.train, device)  # the training loop's AdamW and groups
+        self.opt = make_optimizer(self.model, self.cfg.train)  # the training loop's AdamW and groups
         self.device, self.dtype = device, dev.resolve_dtype(self.cfg.train.dtype, device)
         self.scaler = S.grad_scaler(device, self.dtype)  # an fp16 run's loss scaler, as the loop has it
         tc = self.cfg.train

@@ -202,7 +202,7 @@ class Probe:
         s = self.settings
         tc = TrainConfig(steps=max(s.train_steps, 1), lr=s.train_lr, warmup_steps=s.train_steps // 10,
                          batch_size=s.batch_size)
-        opt = make_optimizer(model, tc, torch.device("cpu"))
+        opt = make_optimizer(model, tc)
         model.train()
         for step in range(s.train_steps):
             x, y = self.batch(cfg, seed, s.measure_batches + step)

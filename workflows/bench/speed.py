@@ -53,7 +53,7 @@ class Stepper:
         self.cfg = train.RunConfig.from_dict(run)
         torch.manual_seed(self.cfg.seed)
         self.model = build(self.cfg.model).to(device)
-        self.opt = train.make_optimizer(self.model, self.cfg.train, device)  # the training loop's AdamW and groups
+        self.opt = train.make_optimizer(self.model, self.cfg.train)  # the training loop's AdamW and groups
         tc = self.cfg.train
         self.device = device
         g = torch.Generator().manual_seed(self.cfg.seed)
