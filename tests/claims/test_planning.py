@@ -99,3 +99,19 @@ def test_cli_writes_the_table_and_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         power.main([str(tmp_path / "nowhere")])
     assert "claims.csv does not exist" in capsys.readouterr().err
+
+
+def test_the_7_seed_reference_gives_the_third_table_of_the_config_header():
+    # catches: the header's third analysis (the one that moved the mha arm out of the default grid) drifting from
+    # what the committed 7-seed reference gives: C10.b alone cannot be decided at 7-9 seeds, the other seven can
+    seven = REPO / "results" / "reference" / "cpu-default" / "2026-12-05-7-seeds"
+    a, b = (pd.read_csv(d / "claims.csv") for d in (seven, seven / "replicate"))
+    df, decided = power.plan([a, b], REPO / "config" / "claims.yaml", [7, 8, 9])
+    assert decided == {7: 7, 8: 7, 9: 7}
+    df = df.set_index("check")
+    assert df.index[-1] == "C10.b" and df.loc["C10.b", "p_n9"] > 0.05
+    assert df.loc["C10.b", "effect"] == pytest.approx(0.017, abs=5e-4)
+    assert df.loc["C10.b", "sd"] == pytest.approx(0.025, abs=5e-4)
+    assert (df.drop("C10.b")[["p_n7", "p_n8", "p_n9"]] < 0.05).all().all()
+    header = (REPO / "config" / "config.yaml").read_text()
+    assert "#   C10.b  GQA - MHA               +0.017   0.025      0.23     0.19     0.16" in header

@@ -475,9 +475,10 @@ def test_gpu_config_loads_through_the_grid_loader():
     cfg = load_pipeline_config(REPO / "config" / "gpu.yaml")
     grid = Grid.from_config(cfg)
     default = Grid.from_config(load_pipeline_config(REPO / "config" / "config.yaml"))
-    # the default's axes and its stress trio, and the two its 30 CPU minutes moved to cpu-full.yaml (LayerNorm, MQA)
-    assert set(default.variants) <= set(grid.variants) and set(grid.variants) - set(default.variants) == {"layernorm",
-                                                                                                      "mqa"}
+    # the default's axes and its stress trio, and the three its 30 CPU minutes moved to cpu-full.yaml (LayerNorm,
+    # MHA and MQA)
+    assert set(default.variants) <= set(grid.variants)
+    assert set(grid.variants) - set(default.variants) == {"layernorm", "mha", "mqa"}
     assert grid.lr_pilot and not set(grid.pilot_seeds) & set(grid.seeds) and len(grid.seeds) >= 3
     assert cfg["data"]["source"].startswith("hf:") and cfg["model"]["init"] == "xavier"
     total, runs = 0.0, 0
