@@ -195,3 +195,65 @@ def test_references_and_cli(tmp_path, capsys):
     assert ref["orders"]["3"]["nats"] < ref["orders"]["2"]["nats"] < ref["orders"]["1"]["nats"]
     assert "interpolated absolute discounting" in ref["method"]
     assert "trigram" in capsys.readouterr().out
+
+
+def test_with_final_eval_windows_it_scores_the_runs_fixed_windows():
+    # catches: the references scored on the whole split while the runs' final score uses train.final_eval_windows
+    # evenly spaced windows (config/gpu.yaml: 512 of ~2,300) — "the same evaluation tokens" would then be false
+    import torch
+
+    from workflows.data.corpus import val_windows
+
+    train, val = small_corpus(4)
+    T, N = 5, 7
+    t, w, avail = NG.eval_targets(val, T, N)
+    _, vy = val_windows(val, T, N)  # what a run with final_eval_windows=N scores
+    np.testing.assert_array_equal(w, vy.flatten().numpy())
+    np.testing.assert_array_equal(avail, np.tile(np.arange(1, T + 1), N))
+    # the mean over those windows equals each window's bigram score taken by hand from the model's table
+    model = NG.NGramModel(train, 6, 2)
+    starts = (t[::T] - 1).tolist()
+    naive = []
+    for s in starts:
+        for j in range(T):
+            h = int(val[s + j])  # the bigram sees the token before the target, always inside the window
+            naive.append(-np.log(model.prob_table((h,))[int(val[s + j + 1])]))
+    assert NG.ngram_losses(train, val, 6, T, (1, 2), n_windows=N)[2] == pytest.approx(np.mean(naive), rel=1e-12)
+    assert NG.ngram_losses(train, val, 6, T, (2,), n_windows=N)[2] != NG.ngram_losses(train, val, 6, T, (2,))[2]
+    assert torch.equal(torch.from_numpy(w), vy.flatten())
+
+
+def test_cli_windows_flag_scores_the_final_windows_and_refuses_below_one(tmp_path, capsys):
+    from workflows.data.corpus import DataConfig, prepare
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        (tmp_path / f"doc{i}.txt").write_text(" ".join(rng.choice(["to be", "or not", "that is"], 200)) + "\n")
+    d = {"source": str(tmp_path / "*.txt"), "tokenizer": "bytes", "val_fraction": 0.3}
+    work, out = tmp_path / "work", tmp_path / "ngram.json"
+    assert NG.main(["--data-json", json.dumps(d), "--work", str(work), "--context", "8", "--out", str(out),
+                    "--orders", "1", "2", "--windows", "5"]) == 0
+    ref = json.loads(out.read_text())
+    data = prepare(DataConfig.from_dict(d), work)
+    assert ref["eval_tokens"] == 5 * 8 and ref["eval_windows"] == 5 and "the 5 evenly spaced 8-token" in ref["method"]
+    assert ref["orders"]["2"]["nats"] == pytest.approx(NG.ngram_losses(data.train, data.val, 256, 8, (1, 2), n_windows=5)[2])
+    assert NG.references(data, 8, (1, 2))["eval_windows"] == "all"
+    with pytest.raises(SystemExit):
+        NG.main(["--data-json", json.dumps(d), "--work", str(work), "--context", "8", "--out", str(out), "--windows", "0"])
+    assert "--windows=0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("windows", [None, 12])
+def test_the_pipeline_scores_the_references_on_the_final_windows(tmp_path, windows):
+    # catches: rule ngram not passing train.final_eval_windows (the references on other targets than the runs')
+    import copy
+
+    from tests.grid.test_seed_offset import BASE, dry_run
+
+    cfg = copy.deepcopy(BASE)
+    cfg["train"]["final_eval_windows"] = windows
+    rc, out = dry_run(tmp_path, cfg)
+    assert rc == 0, out[-3000:]
+    cmd = [line for line in out.splitlines() if "-m workflows.data.ngram" in line]
+    assert len(cmd) == 1 and "--context 32" in cmd[0]
+    assert ("--windows 12 " in cmd[0]) == (windows == 12) and ("--windows" in cmd[0]) == (windows is not None)

@@ -18,7 +18,8 @@ history (i.e. followed by a token) in the training stream. Every p_n sums to 1 o
 0 < D ≤ 1. Counts come from the whole training stream, n-grams crossing document separators included
 (the Transformers train on that same stream).
 
-Scoring (``workflows.data.corpus.eval_starts(len(val), T, None)``): window i starting at s has inputs val[s:s+T] and
+Scoring (``workflows.data.corpus.eval_starts(len(val), T, W)``, the windows of the runs' final score: W = None,
+every non-overlapping window, or ``--windows`` = ``train.final_eval_windows`` evenly spaced ones): window i starting at s has inputs val[s:s+T] and
 targets val[s+1:s+T+1]; the target at position j sees only the j+1 tokens val[s..s+j] of its window, as the
 Transformer does, so the order-n model conditions on min(n−1, j+1) of them (the lower-order model at a
 window's first positions). Losses are mean −ln p over every target, in nats/token, and bits/byte
@@ -46,8 +47,13 @@ ORDERS = (1, 2, 3, 5)
 KEY_BITS = 62
 NAMES = {1: "unigram", 2: "bigram", 3: "trigram"}
 METHOD = ("interpolated absolute discounting (D = {d}, unigram interpolated with the uniform distribution), "
-          "fitted on the training split, scored on every target of every non-overlapping {t}-token window "
+          "fitted on the training split, scored on every target of {w} {t}-token windows "
           "of the validation split with each target's history truncated to its window")
+
+
+def windows_phrase(n_windows: int | None) -> str:
+    """How METHOD names the scored windows: every non-overlapping one, or the runs' fixed evenly spaced set."""
+    return "every non-overlapping" if n_windows is None else f"the {n_windows:,} evenly spaced"
 
 
 def order_name(n: int) -> str:
@@ -191,54 +197,57 @@ def _tokens(a, vocab_size: int, name: str) -> np.ndarray:
     return x
 
 
-def eval_targets(val, context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positions in ``val``, token ids, available history lengths) of every target of the non-overlapping
-    validation windows (``workflows.data.corpus.eval_starts(len(val), context, None)``), in window order: the
+def eval_targets(val, context: int, n_windows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions in ``val``, token ids, available history lengths) of every target of the validation windows
+    the runs' final score uses (``workflows.data.corpus.eval_starts(len(val), context, n_windows)``: with None
+    every non-overlapping window, else ``train.final_eval_windows`` evenly spaced ones), in window order: the
     target at window position j sits at s+j+1 and has avail = j+1 tokens of its window before it."""
     val = np.asarray(val)
     if context < 1 or len(val) < context + 1:
         raise ValueError(f"the validation split ({len(val)} tokens) holds no window of context={context} (+1) tokens")
-    starts = eval_starts(len(val), context, None)
+    starts = eval_starts(len(val), context, n_windows)
     t = (starts[:, None] + 1 + np.arange(context)[None, :]).ravel()  # target positions
     avail = np.tile(np.arange(1, context + 1), len(starts))
     return t, val[t].astype(np.int64), avail
 
 
 def ngram_losses(train: np.ndarray, val: np.ndarray, vocab_size: int, context: int, orders=ORDERS,
-                 discount: float = DISCOUNT) -> dict[int, float]:
+                 discount: float = DISCOUNT, n_windows: int | None = None) -> dict[int, float]:
     """{order: mean loss in nats/token} of the interpolated absolute-discounting model of each order (module
     docstring: p_1(w) = (max(c(w) − D, 0) + D · N1+(•) / vocab_size) / N, the training unigram interpolated
     with the uniform distribution, never 0; p_n(w|h) = (max(c(h,w) − D, 0) + D · N1+(h•) · p_{n−1}(w|h')) / c(h),
     and an unseen history (c(h) = 0) backs off wholly to p_{n−1}(w|h')), fitted on
-    ``train`` and scored on every target of the non-overlapping ``context``-token windows of ``val``
-    (``workflows.data.corpus.eval_starts(len(val), context, None)``); the target at window position j conditions
+    ``train`` and scored on every target of the ``context``-token windows of ``val`` the runs' final score uses
+    (``eval_targets``: every non-overlapping one, or ``n_windows`` evenly spaced ones); the target at window position j conditions
     on min(n−1, j+1) tokens, those of its own window."""
     orders = check_orders(orders, vocab_size, discount)
     model = NGramModel(train, vocab_size, orders[-1], discount)
     v = _tokens(val, vocab_size, "val")
-    t, w, avail = eval_targets(v, context)
+    t, w, avail = eval_targets(v, context, n_windows)
     K = min(orders[-1] - 1, context)  # no target has more history than its window
     hist = np.stack([v[np.maximum(t - K + c, 0)] for c in range(K)], axis=1) if K else np.zeros((len(t), 0), np.int64)
     probs = model.level_probs(hist, w, avail)
     return {n: float(-np.log(probs[min(n - 1, K)]).mean()) for n in orders}
 
 
-def references(data, context: int, orders=ORDERS, discount: float = DISCOUNT) -> dict:
+def references(data, context: int, orders=ORDERS, discount: float = DISCOUNT, n_windows: int | None = None) -> dict:
     """The n-gram references of a ``workflows.data.corpus.TokenData`` (JSON-able): per order its name, nats/token
-    and bits/byte, the number of targets scored, the context, the discount and the method in a sentence."""
+    and bits/byte, the number of targets scored and the windows (``n_windows``: the runs' ``final_eval_windows``;
+    None: the whole split), the context, the discount and the method in a sentence."""
     vocab = int(data.meta.get("vocab_size") or data.meta.get("config", {}).get("bpe_vocab_size", 256))
     vocab = max(vocab, int(np.max(data.train)) + 1, int(np.max(data.val)) + 1)
-    losses = ngram_losses(data.train, data.val, vocab, context, orders, discount)
+    losses = ngram_losses(data.train, data.val, vocab, context, orders, discount, n_windows)
     bpt = data.bytes_per_token
     return {
         "orders": {str(n): {"name": order_name(n), "nats": nats, "bpb": nats / math.log(2) / bpt}
                    for n, nats in losses.items()},
-        "eval_tokens": int(len(eval_targets(data.val, context)[1])),
+        "eval_tokens": int(len(eval_targets(data.val, context, n_windows)[1])),
+        "eval_windows": "all" if n_windows is None else int(n_windows),
         "context": int(context),
         "discount": float(discount),
         "vocab_size": vocab,
         "bytes_per_token": float(bpt),
-        "method": METHOD.format(d=discount, t=context),
+        "method": METHOD.format(d=discount, t=context, w=windows_phrase(n_windows)),
     }
 
 
@@ -250,13 +259,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--orders", type=int, nargs="+", default=list(ORDERS))
     p.add_argument("--discount", type=float, default=DISCOUNT)
+    p.add_argument("--windows", type=int, default=None,
+                   help="score the runs' train.final_eval_windows evenly spaced windows (default: the whole split)")
     args = p.parse_args(argv)
+    if args.windows is not None and args.windows < 1:
+        p.error(f"--windows={args.windows} must be a positive integer (train.final_eval_windows), or left out")
     d = json.loads(args.data_json)
     d = d.get("data", d) if isinstance(d, dict) else d
     try:
         data = prepare(DataConfig.from_dict(d), args.work)
         t0 = time.perf_counter()
-        ref = references(data, args.context, args.orders, args.discount)
+        ref = references(data, args.context, args.orders, args.discount, args.windows)
     except (DataError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     write_json(args.out, ref)

@@ -48,13 +48,16 @@ rule peak_flops:
 
 
 NGRAM = f"{RESULTS}/ngram.json"
-NGRAM_CONTEXT = GRID.run_config(GRID.baseline, GRID.variant_seeds(GRID.baseline)[0],
-                                GRID.variant_lrs(GRID.baseline)[0]).model.context_length
+_NGRAM_RUN = GRID.run_config(GRID.baseline, GRID.variant_seeds(GRID.baseline)[0], GRID.variant_lrs(GRID.baseline)[0])
+NGRAM_CONTEXT = _NGRAM_RUN.model.context_length
+# the final score's windows (train.final_eval_windows; None: the whole split): the references score the same targets
+NGRAM_WINDOWS = _NGRAM_RUN.train.final_eval_windows
 
 
 rule ngram:
     """Smoothed n-gram references (unigram, bigram, trigram, 5-gram; workflows.data.ngram) fitted on the training
-    split and scored on the targets the runs' final score uses (every window of the validation split)."""
+    split and scored on the targets the runs' final score uses (every window of the validation split, or the
+    train.final_eval_windows evenly spaced ones)."""
     input:
         DATA_META,
     output:
@@ -63,10 +66,11 @@ rule ngram:
         data=shlex.quote(json.dumps(config["data"], sort_keys=True)),
         work=lambda w, input: work_of(input[0]),
         context=NGRAM_CONTEXT,
+        windows="" if NGRAM_WINDOWS is None else f" --windows {NGRAM_WINDOWS}",
     log:
         f"{LOGS}/ngram.log",
     conda:
         "../../environment.yml"
     shell:
         "python -m workflows.data.ngram --data-json {params.data} --work {params.work} --context {params.context}"
-        " --out {output} > {log} 2>&1"
+        "{params.windows} --out {output} > {log} 2>&1"
