@@ -601,7 +601,8 @@ def markdown(table: pd.DataFrame, trends: pd.DataFrame, ladder: dict, scale: str
 # ------------------------------------------------------------------------------------------------
 # what the figures draw beside the table (drawn by workflows.plots.ladder)
 def points(runs: pd.DataFrame, ladder: dict) -> pd.DataFrame:
-    """Every seed's cross-fitted loss per (arm, rung): the dots of ladder_curves."""
+    """Every seed's loss per (arm, rung) at the LR the analysis uses (the cross-fitted one; on a pilot grid the
+    arm's one LR, its pilot's choice): the dots of ladder_curves."""
     seeds = sorted({int(s) for s in runs.seed})
     rows = []
     for (arm, rung), c in cells(runs, ladder, seeds).items():
@@ -654,7 +655,7 @@ def main(argv=None) -> int:
         from workflows.plots.ladder import figures  # ladder_curves, compute_multiplier
 
         figures(table, points(runs, ladder), fit_lines(table, ladder), ladder, Path(args.figures), runs, h,
-                grid.get("baseline"))
+                grid.get("baseline"), grid.get("lr_protocol"))
     print(table[["variant", "rung", "loss", "multiplier", "multiplier_low", "multiplier_high", "r2"]].to_string())
     return 0
 

@@ -2,7 +2,7 @@
 (``workflows.analysis.ladder``: ``ladder_table``, the seeds' ``points`` and the ``fit_lines``):
 
 - ``ladder_curves``: each variant's loss against training compute over the rungs beside the baseline's (dots:
-  seeds at their cross-fitted LR; bars: 95% t intervals; lines: the fit, drawn over the rungs only);
+  seeds at the LR the grid's protocol gives them, ``lr_label``: the pilot's choice, else cross-fitted; bars: 95% t intervals; lines: the fit, drawn over the rungs only);
 - ``compute_multiplier``: each change as a compute multiplier per rung with its 95% interval over seeds.
 
 The baseline is black, the other arms ``style.distinct_colors`` in the ladder's order; matplotlib's default theme.
@@ -39,11 +39,19 @@ def _rung_ticks(ax, table: pd.DataFrame, baseline: str) -> None:
                   fontsize=7)
 
 
+def lr_label(lr_protocol: str | None) -> str:
+    """Which LR each seed's dot is at, by grid.json's ``lr_protocol`` (``workflows.grid.grid``)."""
+    return {"pilot": "each seed at the LR its arm's pilot chose",
+            "shared": "each seed at the grid's shared compare_lr"}.get(lr_protocol or "",
+                                                                     "each seed at its cross-fitted LR")
+
+
 def fig_ladder_curves(table: pd.DataFrame, points: pd.DataFrame, lines: pd.DataFrame, ladder: dict,
                       runs: pd.DataFrame | None = None, unigram_entropy: float = math.nan,
-                      baseline_label: str | None = None):
+                      baseline_label: str | None = None, lr_protocol: str | None = None):
     """Loss against compute, one panel per arm beside the baseline: ``points`` (each seed), ``table``'s means
-    and intervals, ``lines`` (the fit over the rungs); the subtitle states the scale of ``runs``."""
+    and intervals, ``lines`` (the fit over the rungs); the subtitle states the scale of ``runs``, the y label the
+    LR of the dots (``lr_label`` of grid.json's ``lr_protocol``)."""
     b, others, cols = _arms(table, ladder)
 
     def curve(ax, arm):
@@ -74,7 +82,7 @@ def fig_ladder_curves(table: pd.DataFrame, points: pd.DataFrame, lines: pd.DataF
         ax.set_xlabel("training compute (PaLM FLOPs)")
         ax.legend(fontsize=7, frameon=False, loc="upper right" if not np.isfinite(unigram_entropy) else "lower left")
         ax.grid(alpha=0.3)
-    axes.flat[0].set_ylabel("final validation loss (nats/token)\neach seed at its cross-fitted LR")
+    axes.flat[0].set_ylabel(f"final validation loss (nats/token)\n{lr_label(lr_protocol)}")
     fig.suptitle(f"Loss against compute over the ladder's rungs: dots seeds, bars 95% t intervals,\nlines the "
                  f"{ladder['fit']} fit (drawn over the rungs only)", fontsize=10)
     fig.tight_layout()
@@ -129,9 +137,9 @@ def fig_compute_multiplier(table: pd.DataFrame, ladder: dict, runs: pd.DataFrame
 
 def figures(table: pd.DataFrame, points: pd.DataFrame, lines: pd.DataFrame, ladder: dict, out,
             runs: pd.DataFrame | None = None, unigram_entropy: float = math.nan,
-            baseline_label: str | None = None) -> list[Path]:
+            baseline_label: str | None = None, lr_protocol: str | None = None) -> list[Path]:
     """Draw ladder_curves and compute_multiplier (PNG + PDF) into ``out``; returns the paths."""
-    paths = save(fig_ladder_curves(table, points, lines, ladder, runs, unigram_entropy, baseline_label),
+    paths = save(fig_ladder_curves(table, points, lines, ladder, runs, unigram_entropy, baseline_label, lr_protocol),
                  Path(out) / "ladder_curves.png")
     return paths + save(fig_compute_multiplier(table, ladder, runs, baseline_label),
                         Path(out) / "compute_multiplier.png")
