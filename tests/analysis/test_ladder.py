@@ -300,13 +300,14 @@ def test_markdown_and_figures(tmp_path):
     assert sorted(p.name for p in paths) == sorted(f"{n}.{f}" for n in ("ladder_curves", "compute_multiplier")
                                                    for f in ("png", "pdf"))
     assert all(p.stat().st_size > 0 for p in paths)
-    # the y label says which LR the dots are at: the pilot's choice on a pilot grid, never "cross-fitted" there
+    # the y label says which LR the dots are at: the pilot's choice on a pilot grid, never "cross-fitted" there;
+    # cross-fitted on any other grid (the ladder cross-fits a shared-compare_lr grid's LRs too)
     import matplotlib.pyplot as plt
 
     from workflows.plots.ladder import fig_ladder_curves
 
     for protocol, label in (("pilot", "the LR its arm's pilot chose"), ("crossfit", "its cross-fitted LR"),
-                            ("shared", "shared compare_lr"), (None, "its cross-fitted LR")):
+                            ("shared", "its cross-fitted LR"), (None, "its cross-fitted LR")):
         fig = fig_ladder_curves(t, pts, lines, ld, runs, 3.3, "baseline@r0", protocol)
         assert fig.axes[0].get_ylabel().endswith(label), (protocol, fig.axes[0].get_ylabel())
         plt.close(fig)

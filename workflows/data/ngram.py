@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workflows.data.corpus import DataConfig, DataError, eval_starts, prepare
+from workflows.data.corpus import DataConfig, DataError, eval_starts, eval_window_count, prepare
 from workflows.io import write_json
 
 DISCOUNT = 0.75
@@ -237,12 +237,13 @@ def references(data, context: int, orders=ORDERS, discount: float = DISCOUNT, n_
     vocab = int(data.meta.get("vocab_size") or data.meta.get("config", {}).get("bpe_vocab_size", 256))
     vocab = max(vocab, int(np.max(data.train)) + 1, int(np.max(data.val)) + 1)
     losses = ngram_losses(data.train, data.val, vocab, context, orders, discount, n_windows)
+    windows = eval_window_count(len(data.val), context, n_windows)  # the windows scored, as eval_starts counts them
     bpt = data.bytes_per_token
     return {
         "orders": {str(n): {"name": order_name(n), "nats": nats, "bpb": nats / math.log(2) / bpt}
                    for n, nats in losses.items()},
-        "eval_tokens": int(len(eval_targets(data.val, context, n_windows)[1])),
-        "eval_windows": "all" if n_windows is None else int(n_windows),
+        "eval_tokens": int(windows * context),
+        "eval_windows": "all" if n_windows is None else int(windows),
         "context": int(context),
         "discount": float(discount),
         "vocab_size": vocab,

@@ -2,7 +2,8 @@
 (``workflows.analysis.ladder``: ``ladder_table``, the seeds' ``points`` and the ``fit_lines``):
 
 - ``ladder_curves``: each variant's loss against training compute over the rungs beside the baseline's (dots:
-  seeds at the LR the grid's protocol gives them, ``lr_label``: the pilot's choice, else cross-fitted; bars: 95% t intervals; lines: the fit, drawn over the rungs only);
+  seeds at their cross-fitted LR, on a pilot grid the pilot's choice: ``lr_label``; bars: 95% t intervals; lines:
+  the fit, drawn over the rungs only);
 - ``compute_multiplier``: each change as a compute multiplier per rung with its 95% interval over seeds.
 
 The baseline is black, the other arms ``style.distinct_colors`` in the ladder's order; matplotlib's default theme.
@@ -40,10 +41,10 @@ def _rung_ticks(ax, table: pd.DataFrame, baseline: str) -> None:
 
 
 def lr_label(lr_protocol: str | None) -> str:
-    """Which LR each seed's dot is at, by grid.json's ``lr_protocol`` (``workflows.grid.grid``)."""
-    return {"pilot": "each seed at the LR its arm's pilot chose",
-            "shared": "each seed at the grid's shared compare_lr"}.get(lr_protocol or "",
-                                                                     "each seed at its cross-fitted LR")
+    """Which LR each seed's dot is at. The ladder analysis cross-fits every cell's LRs
+    (``workflows.analysis.ladder.cells``), also on a grid with a shared compare_lr; on a pilot grid (grid.json's
+    ``lr_protocol``) each cell has one LR, its pilot's choice."""
+    return "each seed at the LR its arm's pilot chose" if lr_protocol == "pilot" else "each seed at its cross-fitted LR"
 
 
 def fig_ladder_curves(table: pd.DataFrame, points: pd.DataFrame, lines: pd.DataFrame, ladder: dict,
