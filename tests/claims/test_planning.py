@@ -115,3 +115,74 @@ def test_the_7_seed_reference_gives_the_third_table_of_the_config_header():
     assert (df.drop("C10.b")[["p_n7", "p_n8", "p_n9"]] < 0.05).all().all()
     header = (REPO / "config" / "config.yaml").read_text()
     assert "#   C10.b  GQA - MHA               +0.017   0.025      0.23     0.19     0.16" in header
+
+
+# ------------------------------------------------------------------------------------------------
+# --simulate: the whole decision (Holm and the still-moving rule), by simulation
+# ------------------------------------------------------------------------------------------------
+CURRENT = REPO / "results" / "reference" / "cpu-default" / "2026-12-05-7-seeds-2-pilot"
+REGISTRY = REPO / "config" / "claims.yaml"
+
+
+def test_holm_reject_matches_statsmodels_column_by_column():
+    # catches: a step-down that does not stop at the first non-rejection, a step-up, or the wrong divisors
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 0.06, size=(7, 500)) ** rng.uniform(0.5, 3, size=(7, 500))
+    p[:, :5] = [[0.001], [0.04], [0.0071], [0.0084], [0.01], [0.0125], [0.5]]  # ties against alpha/(m-i) edges
+    got = power.holm_reject(p)
+    want = np.array([multipletests(p[:, i], alpha=0.05, method="holm")[0] for i in range(p.shape[1])]).T
+    assert (got == want).all() and 0 < got.mean() < 1
+
+
+def folder(effects: dict, sd: float, n: int, rng) -> dict:
+    """seed_deltas-like frames: {check: seed x [late steps..., final]} around the given mean vectors."""
+    out = {}
+    for cid, mean in effects.items():
+        cols = [*range(60, 60 + 10 * (len(mean) - 1), 10), "final"]
+        out[cid] = pd.DataFrame(np.asarray(mean) + rng.normal(0, sd, size=(n, len(mean))), columns=cols)
+    return out
+
+
+def test_simulate_counts_a_check_only_when_decided_and_not_still_moving():
+    # catches: the final interval alone counted (a check whose effect crosses its bound in the last third is
+    # "still moving" in the scorecard, never decided); Holm left out; pairs not taken per check
+    rng = np.random.default_rng(0)
+    effects = {"C9.a": [-0.03] * 4,  # parallel - serial <= 0.05: far inside, flat
+               "C6.a": [0.02, 0.0, -0.02, -0.05],  # SwiGLU - GELU < 0: crosses 0 in the last third
+               "C8.a": [0.0] * 4}  # bias - no bias in [-0.02, 0.02]: at the centre
+    folders = [folder(effects, 0.01, 8, rng) for _ in range(2)]
+    df, counts = power.simulate(folders, REGISTRY, {"C9.a": 6, "C6.a": 6, "C8.a": 3}, draws=600)
+    t = df.set_index("check")
+    assert t.p_stable["C9.a"] > 0.97 and t.p_final["C6.a"] > 0.9 and t.p_stable["C6.a"] < 0.1
+    assert t.p_stable["C8.a"] < t.p_final["C8.a"]  # 3 pairs: the late steps often leave the margin
+    assert t.pairs.to_dict() == {"C6.a": 6, "C8.a": 3, "C9.a": 6} and len(counts) == 600 and counts.max() <= 3
+    more, _ = power.simulate(folders, REGISTRY, {"C9.a": 6, "C6.a": 6, "C8.a": 12}, draws=600)
+    assert more.set_index("check").p_stable["C8.a"] > t.p_stable["C8.a"] + 0.2
+
+
+def test_seed_deltas_pair_seeds_as_the_scorecard_does(registry):
+    # catches: pairs built by row order, or at other LRs than the ones the scorecard compares: the final column's
+    # mean must be the committed scorecard's effect, and the late steps those of its still-moving rule
+    d = power.seed_deltas(CURRENT, registry)
+    claims = pd.read_csv(CURRENT / "claims.csv").set_index("check")
+    assert {"C6.a", "C8.a", "C13.b"} <= set(d)
+    for cid, frame in d.items():
+        assert list(frame.columns) == [630, 720, 810, "final"], cid
+        assert frame["final"].mean() == pytest.approx(claims.effect[cid], abs=1e-12), cid
+        assert len(frame) == claims.n[cid]
+
+
+def test_grid_pairs_count_the_seeds_both_arms_share(tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["seeds"] = [1, 2, 3, 4, 5, 6, 7]  # the baseline's (no seeds of its own)
+    arms = {"bias": [1, 2, 3, 4, 5, 6, 7, 8, 9], "stress_baseline": [1, 2, 3, 4, 5, 6],
+            "stress_z_loss": [2, 3, 4, 5, 6, 7, 8], "stress_softcap": [1, 2, 3, 4]}
+    for v, seeds in arms.items():
+        cfg["variants"][v] = {**cfg["variants"][v], "seeds": seeds}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
+    pairs = power.grid_pairs(tmp_path / "g.yaml", REGISTRY)
+    assert pairs["C8.a"] == 7 and pairs["C15.a"] == 4 and pairs["C13.b"] == 5 and "C3.a" not in pairs

@@ -794,6 +794,27 @@ def test_a_verdict_that_changes_in_the_last_third_is_still_moving():
     assert rows_of([c], runs).iloc[0].verdict == "holds"  # without a history: no trajectory rule
 
 
+def test_the_trajectory_ends_at_the_final_score():
+    # catches: the end of training judged a second time on the curve's small window set, where evaluation noise
+    # alone can flip a verdict the final score (the whole split) makes, and count as "still moving"
+    runs = arm("t", flat(1.9)) + arm("c", flat(2.0))
+    c = {**BELOW0, "at": "each"}
+    curves = {(r["variant"], r["seed"], r["lr"]): {step: 2.0 + NOISE[r["seed"]] for step in (0, 10, 20, 30)}
+              for r in runs}
+    for step in (20, 30):  # the curve's windows: t ahead at 20, level at 30 (its last point)
+        for (v, s, lr), cv in curves.items():
+            cv[step] += -0.1 if (v == "t" and step == 20) else 0.0
+    df = rows_of([c], runs, history_of(curves))
+    traj = df.attrs["trajectory"].set_index("step")
+    final = df.iloc[0]
+    assert traj.effect[30] == pytest.approx(final.effect) and traj.ci_high[30] == pytest.approx(final.ci_high)
+    assert traj.verdict[30] == "holds" and traj.verdict[20] == "holds" and final.verdict == "holds"
+    # a run without a final score at the last step (e.g. a crash while scoring) keeps its curve value there
+    runs[0]["final_val_loss"] = math.nan
+    traj = rows_of([c], runs, history_of(curves)).attrs["trajectory"].set_index("step")
+    assert traj.n[30] == 5
+
+
 def test_holm_over_primary_checks_turns_a_marginal_decision_inconclusive():
     # catches: no adjustment (or a Bonferroni/step-up different from Holm), non-primary checks adjusted,
     # undecided primary checks left out of the family (which would weaken the correction)

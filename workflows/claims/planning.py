@@ -19,6 +19,20 @@ threshold will do worse. A check whose effect lies on a bound has p = 1 at every
 
 This is how ``config/config.yaml`` chose its seeds and variants (its header holds the table); plan your own grid
 the same way from a pilot's scorecard. The log-ratio kinds (speed, metric ratios) are planned on the log scale.
+
+    python -m workflows.claims.planning RESULTS [RESULTS ...] --simulate [--seeds 7 10] [--grid CONFIG.yaml ...]
+
+``--simulate`` plans the whole decision instead of the final interval alone: a check counts only where it is
+decided after Holm *and* not "still moving" (the scorecard's rule: its verdict at every evaluation step of the last
+third of training, on the learning curve, and the final one agree). Each RESULTS folder then also needs its
+``runs.parquet`` and ``history.parquet``. Per primary check of the final validation loss, the plan reads the
+per-seed paired differences at those late steps and at the end (the scorecard's own pairing, ``kinds``) from
+every folder and fits a multivariate normal: the mean of the folders' means, the covariance pooled within
+folders. It then draws grids of n seed pairs (``--seeds``, or each check's pairs in ``--grid``'s config, whose
+variants may name their own seeds), judges every step with the verdict rule, adjusts the final decisions
+with Holm over the primary checks, and reports the share of draws in which each check is decided and stable,
+and how many checks a grid decides. Checks are drawn independently of one another (arms they share, such as
+the baseline, correlate them in a real grid), and a Monte Carlo share has a standard error of up to 0.5/sqrt(draws).
 """
 from __future__ import annotations
 
@@ -34,11 +48,13 @@ from statsmodels.stats.multitest import multipletests
 
 from workflows.io import write_text
 
-from .kinds import KINDS
+from .evidence import Evidence, NotRun
+from .kinds import KINDS, _paired_values
 from .registry import load_registry
-from .verdict import decision_p, judge, sigma_from_ci
+from .verdict import DECIDED, decision_p, judge, sigma_from_ci
 
 HOLM_ALPHA = 0.05
+DRAWS = 4000
 
 
 def planned_p(effect: float, sd: float, n: int, c: dict, log_scale: bool = False) -> float:
@@ -103,6 +119,153 @@ def plan(claims: list[pd.DataFrame], registry, seeds: list[int]) -> tuple[pd.Dat
     return df, decided
 
 
+def late_steps(history: pd.DataFrame) -> list[int]:
+    """The evaluation steps of the scorecard's still-moving rule (the last third of training) before the end,
+    whose verdict is the final one."""
+    from .scorecard import MOVING_FRACTION
+
+    steps = sorted(set(history.step.astype(int)))
+    return [s for s in steps[:-1] if s >= (1 - MOVING_FRACTION) * steps[-1]] if steps else []
+
+
+def seed_deltas(results: Path, reg: dict) -> dict[str, pd.DataFrame]:
+    """Per primary check of the final validation loss: a frame of its seed-paired differences (treatment −
+    control, the scorecard's pairing and LRs), one row per seed pair, one column per late step
+    (``late_steps``) and ``final``."""
+    import json
+
+    from models import statistics as S
+    from .scorecard import TRAJECTORY_KINDS
+
+    results = Path(results)
+    for name in ("runs.parquet", "history.parquet"):
+        if not (results / name).exists():
+            raise FileNotFoundError(f"{results / name} does not exist: --simulate reads each folder's run table "
+                                    "and learning curves")
+    runs = pd.read_parquet(results / "runs.parquet")
+    history = S.select(pd.read_parquet(results / "history.parquet", filters=[("kind", "==", S.VAL_LOSS.kind)]),
+                       S.VAL_LOSS)
+    grid = json.loads((results / "grid.json").read_text()) if (results / "grid.json").exists() else {}
+    key = ["variant", "seed", "lr"]
+    frames = {"final": runs}
+    for step in late_steps(history):
+        at = history[history.step == step][key + ["value"]].rename(columns={"value": "final_val_loss"})
+        frames[step] = runs.drop(columns=["final_val_loss"]).merge(at, on=key, how="inner")
+    out = {}
+    for cl in reg["claims"]:
+        for c in cl["checks"]:
+            if not c.get("primary") or c["kind"] not in TRAJECTORY_KINDS or \
+                    c.get("metric", "final_val_loss") != "final_val_loss" or c.get("at") == "best":
+                continue
+            cols = {}
+            try:
+                for step, r in frames.items():
+                    ev = Evidence(r, {}, compare_lr=grid.get("compare_lr"), lr_protocol=grid.get("lr_protocol", ""))
+                    p = _paired_values(ev, c, "final_val_loss")
+                    shared = sorted(set(p.treatment_values) & set(p.control_values), key=str)
+                    cols[step] = pd.Series({k: p.treatment_values[k] - p.control_values[k] for k in shared},
+                                           dtype=float)
+            except NotRun:
+                continue
+            d = pd.DataFrame(cols).dropna()
+            out[c["full_id"]] = d[[*(s for s in d.columns if s != "final"), "final"]]
+    return out
+
+
+def holm_reject(p: np.ndarray, alpha: float = HOLM_ALPHA) -> np.ndarray:
+    """Holm's step-down decisions for many families at once: ``p`` is checks x families, one family per column
+    (what statsmodels' ``multipletests(method="holm")`` decides per column, without its per-call overhead)."""
+    m = p.shape[0]
+    order = np.argsort(p, axis=0, kind="stable")
+    sorted_p = np.take_along_axis(p, order, axis=0)
+    ok = np.logical_and.accumulate(sorted_p <= alpha / (m - np.arange(m))[:, None], axis=0)
+    out = np.zeros_like(ok)
+    np.put_along_axis(out, order, ok, axis=0)
+    return out
+
+
+def simulate(folders: list[dict[str, pd.DataFrame]], registry, pairs: dict[str, int] | int,
+             draws: int = DRAWS, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """The Monte Carlo plan (module docstring, ``--simulate``). ``folders``: ``seed_deltas`` of each results
+    folder; ``pairs``: the seed pairs per check (one number for all). Returns one row per check (check, what,
+    effect and seed sd at the end, n measured, pairs, p_final: the share decided by the final interval alone,
+    p_stable: decided after Holm and not still moving) and, per draw, how many checks it decided."""
+    reg = load_registry(registry)
+    checks = {c["full_id"]: c for cl in reg["claims"] for c in cl["checks"]}
+    ids = [cid for cid in checks if all(cid in f and len(f[cid]) >= 2 for f in folders)]
+    rng = np.random.default_rng(seed)
+    rows, p_dec, verdicts_ok = [], [], []
+    for cid in ids:
+        c, n = checks[cid], pairs if isinstance(pairs, int) else pairs.get(cid, 0)
+        data = [f[cid] for f in folders]
+        cols = list(data[0].columns)
+        if any(list(d.columns) != cols for d in data) or n < 2:
+            continue
+        mean = np.mean([d.to_numpy().mean(0) for d in data], axis=0)
+        cov = sum((len(d) - 1) * np.atleast_2d(np.cov(d.to_numpy().T)) for d in data) / sum(len(d) - 1 for d in data)
+        x = rng.multivariate_normal(mean, cov, size=(draws, n), method="eigh")
+        m, sd = x.mean(1), x.std(1, ddof=1)
+        half = float(sp.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        lo, hi = m - half, m + half
+        v = np.array([[judge(m[i, j], lo[i, j], hi[i, j], c)[0] for j in range(len(cols))] for i in range(draws)])
+        final = v[:, -1]
+        p_dec.append([decision_p(m[i, -1], lo[i, -1], hi[i, -1], n, c, final[i]) for i in range(draws)])
+        verdicts_ok.append(np.isin(final, DECIDED) & (v == final[:, None]).all(1))
+        rows.append({"check": cid, "what": c.get("what", ""), "effect": float(mean[-1]), "sd": math.sqrt(cov[-1, -1]),
+                     "n": "/".join(str(len(d)) for d in data), "pairs": n,
+                     "p_final": float(np.isin(final, DECIDED).mean())})
+    if not rows:
+        return pd.DataFrame(columns=["check", "what", "effect", "sd", "n", "pairs", "p_final", "p_stable"]), \
+            np.zeros(draws, dtype=int)
+    reject = holm_reject(np.nan_to_num(np.asarray(p_dec, dtype=float), nan=1.0))  # checks x draws
+    decided = np.asarray(verdicts_ok) & reject
+    df = pd.DataFrame(rows)
+    df["p_stable"] = decided.mean(1)
+    return df, decided.sum(0)
+
+
+def simulated_markdown(tables: dict, sources: list[str], draws: int) -> str:
+    """``tables``: {label (e.g. "n=7" or the grid config): (simulate's frame, decided counts)}."""
+    labels = list(tables)
+    first = tables[labels[0]][0]
+    out = [f"# Simulated plan from {', '.join(sources)}", "",
+           f"Per primary check of the final validation loss, the share of {draws} simulated grids in which it is decided "
+           "after Holm's adjustment and not still moving (its verdict at every evaluation step of the last third and "
+           "at the end agree); in brackets the share decided by the final interval alone. Effect and seed sd: at the "
+           "end, from the measured seed pairs (`python -m workflows.claims.planning --simulate`).", "",
+           "| check | what | effect | seed sd | n measured | " + " | ".join(labels) + " |",
+           "|" + "---|" * (5 + len(labels))]
+    for r in first.itertuples():
+        cells = []
+        for lab in labels:
+            t = tables[lab][0].set_index("check")
+            cells.append(f"{t.p_stable[r.check]:.2f} ({t.p_final[r.check]:.2f}), {int(t.pairs[r.check])} pairs"
+                         if r.check in t.index else "—")
+        out.append(f"| {r.check} | {r.what} | {r.effect:+.3f} | {r.sd:.3f} | {r.n} | " + " | ".join(cells) + " |")
+    out += [""]
+    for lab in labels:
+        counts = tables[lab][1]
+        k = len(tables[lab][0])
+        dist = ", ".join(f"≥ {j}: {np.mean(counts >= j):.2f}" for j in range(max(1, k - 3), k + 1))
+        out.append(f"- {lab}: expected {counts.mean():.2f} of {k} decided and stable; share of grids deciding {dist}.")
+    return "\n".join(out) + "\n"
+
+
+def grid_pairs(config: str | Path, registry) -> dict[str, int]:
+    """Seed pairs per check in a grid config: the evaluation seeds its treatment and control share."""
+    from workflows.grid.grid import Grid, load_pipeline_config
+
+    grid = Grid.from_config(load_pipeline_config(config))
+    reg = load_registry(registry)
+    out = {}
+    for cl in reg["claims"]:
+        for c in cl["checks"]:
+            t, k = c.get("treatment"), c.get("control")
+            if t in grid.variants and k in grid.variants:
+                out[c["full_id"]] = len(set(grid.variant_seeds(t)) & set(grid.variant_seeds(k)))
+    return out
+
+
 def markdown(df: pd.DataFrame, decided: dict[int, int], sources: list[str]) -> str:
     seeds = sorted(decided)
     head = "| check | what | effect | seed sd | n measured | " + " | ".join(f"p, n={n}" for n in seeds) + " |"
@@ -124,12 +287,38 @@ def markdown(df: pd.DataFrame, decided: dict[int, int], sources: list[str]) -> s
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", help="folders with a claims.csv of the same grid")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[4, 6, 8])
+    ap.add_argument("--seeds", nargs="+", type=int, help="seed counts to plan (default 4 6 8; with --simulate and "
+                    "--grid: none unless given)")
     ap.add_argument("--registry", default="config/claims.yaml")
     ap.add_argument("--out", help="write the markdown here (default: stdout)")
+    ap.add_argument("--simulate", action="store_true", help="plan the whole decision (Holm and the still-moving "
+                    "rule) by simulation from each folder's runs.parquet and history.parquet")
+    ap.add_argument("--grid", nargs="+", help="with --simulate: grid config(s) whose seed pairs per check to plan "
+                    "(besides any --seeds)")
+    ap.add_argument("--draws", type=int, default=DRAWS, help=f"with --simulate: simulated grids (default {DRAWS})")
     a = ap.parse_args(argv)
+    if a.seeds is None:
+        a.seeds = [] if a.grid else [4, 6, 8]
     if any(n < 2 for n in a.seeds):
         ap.error("--seeds: every seed count must be >= 2 (a t interval needs two seeds)")
+    if a.grid and not a.simulate:
+        ap.error("--grid: only with --simulate")
+    if a.simulate:
+        if a.draws < 100:
+            ap.error(f"--draws {a.draws}: at least 100")
+        try:
+            reg = load_registry(a.registry)
+            folders = [seed_deltas(Path(f), reg) for f in a.results]
+        except FileNotFoundError as e:
+            ap.error(f"results: {e}")
+        plans = {**{f"n={n}": n for n in a.seeds}, **{g: grid_pairs(g, a.registry) for g in a.grid or []}}
+        tables = {lab: simulate(folders, a.registry, pairs, a.draws) for lab, pairs in plans.items()}
+        text = simulated_markdown(tables, a.results, a.draws)
+        if a.out:
+            write_text(a.out, text)
+        else:
+            sys.stdout.write(text)
+        return 0
     frames = []
     for folder in a.results:
         path = Path(folder) / "claims.csv"

@@ -126,8 +126,11 @@ def holm(df: pd.DataFrame, registry) -> pd.DataFrame:
 
 def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
     """Every check of the final validation loss (``TRAJECTORY_KINDS``) judged at each evaluation step, on the
-    learning curve's validation loss at that step (its fixed small window set; the final verdict uses the whole
-    split): check, group, step, effect, ci_low, ci_high, n, verdict."""
+    learning curve's validation loss at that step (its fixed small window set): check, group, step, effect,
+    ci_low, ci_high, n, verdict. The last step is the end of training, where each run also has its final score
+    (the whole split, or ``train.final_eval_windows``): there the trajectory uses the final score, so its end
+    point is the final verdict rather than a second, noisier look at the same models on the curve's windows (a
+    run that stopped early, diverged, keeps its curve)."""
     reg = load_registry(registry)
     wanted = [(cl, c) for cl in reg["claims"] for c in cl["checks"]
               if c["kind"] in TRAJECTORY_KINDS and c.get("metric", "final_val_loss") == "final_val_loss"]
@@ -140,6 +143,11 @@ def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for s in steps:
         at = val[val.step == s][key + ["value"]].rename(columns={"value": "final_val_loss"})
+        if s == steps[-1]:  # the end of training: the final score (see the docstring)
+            final = ev.runs[key + ["final_val_loss"]]
+            at = at.merge(final, on=key, how="left", suffixes=("_curve", ""))
+            at["final_val_loss"] = at.final_val_loss.where(at.final_val_loss.notna(), at.final_val_loss_curve)
+            at = at[key + ["final_val_loss"]]
         r = runs.merge(at, on=key, how="inner")
         if not len(r):
             continue
