@@ -186,3 +186,24 @@ def test_grid_pairs_count_the_seeds_both_arms_share(tmp_path):
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
     pairs = power.grid_pairs(tmp_path / "g.yaml", REGISTRY)
     assert pairs["C8.a"] == 7 and pairs["C15.a"] == 4 and pairs["C13.b"] == 5 and "C3.a" not in pairs
+
+
+@pytest.mark.slow
+def test_the_committed_references_give_the_fourth_table_of_the_config_header():
+    # catches: the header's fourth analysis (the seeds per arm) drifting from what the committed references and the
+    # config's own seeds give, e.g. after an arm's seeds change without re-planning
+    d = REPO / "results" / "reference" / "cpu-default"
+    folders = [power.seed_deltas(f, load_registry(REGISTRY)) for f in (
+        d / "2026-12-05-7-seeds-2-pilot", d / "2026-12-05-7-seeds-2-pilot" / "replicate",
+        d / "2026-12-05-7-seeds", d / "2026-12-05-7-seeds" / "replicate")]
+    uniform, n_uniform = power.simulate(folders, REGISTRY, 7)
+    grid, n_grid = power.simulate(folders, REGISTRY, power.grid_pairs(REPO / "config" / "config.yaml", REGISTRY))
+    header = (REPO / "config" / "config.yaml").read_text()
+    for r, g in zip(uniform.itertuples(), grid.itertuples()):
+        assert r.check == g.check
+        cells = (f"{r.p_stable:.2f} ({r.p_final:.2f}), {r.pairs} pairs  {g.p_stable:.2f} ({g.p_final:.2f}), "
+                 f"{g.pairs} pairs")
+        lines = [x for x in header.splitlines() if x.startswith(f"#   {r.check} ") and x.endswith(cells)]
+        assert len(lines) == 1 and f"{r.effect:+.3f}   {r.sd:.3f}" in lines[0], (r.check, cells)
+    assert header.split("share of grids deciding >= 6 of the 7:")[1].split()[:2] == \
+        [f"{np.mean(n_uniform >= 6):.2f}", f"{np.mean(n_grid >= 6):.2f}"]

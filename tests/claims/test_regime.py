@@ -207,7 +207,10 @@ def test_pilot_evaluation_runs_have_no_lr_and_are_not_shared():
     # the same grid without a pilot shares 'same' with baseline
     plain = Grid.from_config({k: v for k, v in PG.items() if k != "lr_pilot"})
     assert plain.is_alias("same", 0, 0.01)
-    assert g.job_steps("baseline") == 10 * (2 + 6)  # evaluation + pilot runs
+    # scheduling: each job's priority is its own runs' steps (the evaluation job's did count its pilot's, which
+    # ran the default's small stress jobs last and left a core idle at the end of the grid)
+    assert g.job_steps("baseline") == 10 * 2 and g.pilot_steps("baseline") == 10 * 6
+    assert g.job_steps("own_seeds") == 10 and g.pilot_steps("fixed") == 0  # one seed; one LR: no pilot job
 
 
 def test_only_piloted_variants_wait_for_the_lr_assignment(tmp_path):

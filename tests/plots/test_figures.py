@@ -194,7 +194,11 @@ def test_scale_line():
     runs = pd.DataFrame({"variant": ["baseline", "baseline", "wide", "wide"], "params": [1000, 1000, 900, 1200],
                          "tokens_seen": [5120, 2048, 5120, 5120], "seed": [0, 1, 0, 2], "device": ["X"] * 4})
     assert scale.scale_line(runs, "baseline") == ("scale: 1k params (baseline; 900–1.2k over variants) · "
-                                                  "5.12k training tokens per run · 3 seeds · device: X")
+                                                  "5.12k training tokens per run · 2 seeds · device: X")  # per variant
+    # arms with their own seed counts (the default grid: 4 to 9): the range, and the baseline's
+    more = pd.concat([runs, runs.iloc[[0]].assign(seed=5), runs.iloc[[0]].assign(seed=6)])
+    assert "· 2–4 seeds per variant (baseline 4) ·" in scale.scale_line(more, "baseline")
+    assert "· 2–4 seeds per variant ·" in scale.scale_line(more, "nope")
     one = runs[runs.variant == "baseline"].drop(columns="device")
     assert scale.scale_line(one, "baseline") == ("scale: 1k params (baseline) · 5.12k training tokens per run · "
                                                  "2 seeds · device: unknown")

@@ -32,6 +32,18 @@ def scale_of(*frames) -> tuple[str, str]:
     return p, t
 
 
+def seeds_text(runs: pd.DataFrame, baseline: str | None = None) -> str:
+    """'7 seeds', or where the variants train on different numbers of seeds (a grid whose arms name their own)
+    '4–9 seeds per variant (baseline 9)'."""
+    if "seed" not in runs.columns or not runs.seed.notna().any():
+        return "seeds unknown"
+    per = runs.groupby("variant").seed.nunique() if "variant" in runs.columns else pd.Series([runs.seed.nunique()])
+    lo, hi = int(per.min()), int(per.max())
+    if lo == hi:
+        return f"{hi} seed{'s' if hi != 1 else ''}"
+    return f"{lo}–{hi} seeds per variant" + (f" ({baseline} {int(per[baseline])})" if baseline in per.index else "")
+
+
 def scale_line(runs: pd.DataFrame | None, baseline: str | None = None) -> str:
     """'scale: 210k params (baseline; 190k–260k over variants) · 82k training tokens per run · 2 seeds ·
     device: …'. Tokens per run: the longest run (diverged runs stop early); where the runs are planned at different
@@ -57,8 +69,7 @@ def scale_line(runs: pd.DataFrame | None, baseline: str | None = None) -> str:
             span = f"{human(planned[0])}–{human(planned[-1])}"
             t = (f"{human(base_planned[-1])} training tokens per run ({baseline}; {span} over runs)" if base_planned
                  else f"{span} training tokens per run")
-    seeds = runs.seed.nunique() if "seed" in runs.columns else 0
-    s = f"{seeds} seed{'s' if seeds != 1 else ''}" if seeds else "seeds unknown"
+    s = seeds_text(runs, baseline)
     devices = sorted({str(x) for x in runs.device.dropna()}) if "device" in runs.columns else []
     dev = "device: " + (", ".join(devices) if devices else "unknown")
     return f"scale: {p} · {t} · {s} · {dev}"

@@ -269,8 +269,13 @@ class Grid:
         return line
 
     def job_steps(self, variant: str) -> int:
-        """Training steps of a variant's job: its scheduling priority (longest first balances the cores)."""
-        return sum(RunConfig.from_dict(d).train.steps for d in self.job_runs(variant) + self.pilot_job_runs(variant))
+        """Training steps of a variant's evaluation job (rule train): its scheduling priority (longest first
+        balances the cores). Its pilot's runs are another job's (``pilot_steps``), done before it starts."""
+        return sum(RunConfig.from_dict(d).train.steps for d in self.job_runs(variant))
+
+    def pilot_steps(self, variant: str) -> int:
+        """Training steps of a variant's LR-pilot job (rule train_pilot; 0 without one)."""
+        return sum(RunConfig.from_dict(d).train.steps for d in self.pilot_job_runs(variant))
 
     def summary(self) -> dict:
         """What aggregate/figures/claims need: order, baseline, families, seeds, LRs, base configs."""

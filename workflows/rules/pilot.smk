@@ -24,7 +24,7 @@ if GRID.lr_pilot is not None:
             "../../environment.yml"
         wildcard_constraints:
             variant="|".join(re.escape(v) for v in GRID.pilot_variants()) or "no-pilot-variant",
-        priority: lambda w: 10**9 + GRID.job_steps(w.variant)  # before the evaluation jobs: they wait on it
+        priority: lambda w: 10**9 + GRID.pilot_steps(w.variant)  # before the evaluation jobs: they wait on it
         params:
             runs=lambda w: shlex.quote(json.dumps(GRID.pilot_job_runs(w.variant), sort_keys=True)),
             outs=lambda w, output: " ".join(f"{output[0]}/{run_subdir(d['seed'], d['train']['lr'])}"
