@@ -37,6 +37,7 @@ the baseline, correlate them in a real grid), and a Monte Carlo share has a stan
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -46,14 +47,15 @@ import pandas as pd
 from scipy import stats as sp
 from statsmodels.stats.multitest import multipletests
 
+from models import statistics as S
 from workflows.io import write_text
 
 from .evidence import Evidence, NotRun
 from .kinds import KINDS, _paired_values
 from .registry import load_registry
+from .scorecard import HOLM_ALPHA, TRAJECTORY_KINDS, late_steps, runs_at_step
 from .verdict import DECIDED, decision_p, judge, sigma_from_ci
 
-HOLM_ALPHA = 0.05
 DRAWS = 4000
 
 
@@ -119,24 +121,10 @@ def plan(claims: list[pd.DataFrame], registry, seeds: list[int]) -> tuple[pd.Dat
     return df, decided
 
 
-def late_steps(history: pd.DataFrame) -> list[int]:
-    """The evaluation steps of the scorecard's still-moving rule (the last third of training) before the end,
-    whose verdict is the final one."""
-    from .scorecard import MOVING_FRACTION
-
-    steps = sorted(set(history.step.astype(int)))
-    return [s for s in steps[:-1] if s >= (1 - MOVING_FRACTION) * steps[-1]] if steps else []
-
-
 def seed_deltas(results: Path, reg: dict) -> dict[str, pd.DataFrame]:
     """Per primary check of the final validation loss: a frame of its seed-paired differences (treatment −
     control, the scorecard's pairing and LRs), one row per seed pair, one column per late step
-    (``late_steps``) and ``final``."""
-    import json
-
-    from models import statistics as S
-    from .scorecard import TRAJECTORY_KINDS
-
+    (``scorecard.late_steps`` before the end, whose verdict is the final one) and ``final``."""
     results = Path(results)
     for name in ("runs.parquet", "history.parquet"):
         if not (results / name).exists():
@@ -146,11 +134,10 @@ def seed_deltas(results: Path, reg: dict) -> dict[str, pd.DataFrame]:
     history = S.select(pd.read_parquet(results / "history.parquet", filters=[("kind", "==", S.VAL_LOSS.kind)]),
                        S.VAL_LOSS)
     grid = json.loads((results / "grid.json").read_text()) if (results / "grid.json").exists() else {}
-    key = ["variant", "seed", "lr"]
-    frames = {"final": runs}
-    for step in late_steps(history):
-        at = history[history.step == step][key + ["value"]].rename(columns={"value": "final_val_loss"})
-        frames[step] = runs.drop(columns=["final_val_loss"]).merge(at, on=key, how="inner")
+    frames = {step: runs_at_step(runs, history, step) for step in late_steps(history.step)[:-1]}
+    frames["final"] = runs  # the last column: the end of training
+    evidence = {step: Evidence(r, {}, compare_lr=grid.get("compare_lr"), lr_protocol=grid.get("lr_protocol", ""))
+                for step, r in frames.items()}
     out = {}
     for cl in reg["claims"]:
         for c in cl["checks"]:
@@ -159,16 +146,14 @@ def seed_deltas(results: Path, reg: dict) -> dict[str, pd.DataFrame]:
                 continue
             cols = {}
             try:
-                for step, r in frames.items():
-                    ev = Evidence(r, {}, compare_lr=grid.get("compare_lr"), lr_protocol=grid.get("lr_protocol", ""))
+                for step, ev in evidence.items():
                     p = _paired_values(ev, c, "final_val_loss")
                     shared = sorted(set(p.treatment_values) & set(p.control_values), key=str)
                     cols[step] = pd.Series({k: p.treatment_values[k] - p.control_values[k] for k in shared},
                                            dtype=float)
             except NotRun:
                 continue
-            d = pd.DataFrame(cols).dropna()
-            out[c["full_id"]] = d[[*(s for s in d.columns if s != "final"), "final"]]
+            out[c["full_id"]] = pd.DataFrame(cols).dropna()
     return out
 
 

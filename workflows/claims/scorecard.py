@@ -80,8 +80,7 @@ def evaluate(registry, ev: Evidence, history: pd.DataFrame | None = None) -> pd.
     df["verdict_unadjusted"] = df.verdict
     df["trajectory"] = ""
     if traj is not None and len(traj):
-        last = traj.step.max()
-        late = traj[traj.step >= (1 - MOVING_FRACTION) * last]
+        late = traj[traj.step.isin(late_steps(traj.step))]
         for i, r in df.iterrows():
             t = traj[(traj.check == r.check) & (traj.group == r.group)]
             if not len(t):
@@ -124,6 +123,23 @@ def holm(df: pd.DataFrame, registry) -> pd.DataFrame:
     return df
 
 
+def late_steps(steps) -> list[int]:
+    """The evaluation steps of the still-moving rule: those in the last third of training (``MOVING_FRACTION``
+    of the last step), the last included."""
+    steps = sorted({int(x) for x in steps})
+    return [x for x in steps if x >= (1 - MOVING_FRACTION) * steps[-1]] if steps else []
+
+
+RUN_KEY = ["variant", "seed", "lr"]
+
+
+def runs_at_step(runs: pd.DataFrame, val: pd.DataFrame, step: int) -> pd.DataFrame:
+    """``runs`` with ``final_val_loss`` replaced by each run's learning-curve value at ``step`` (``val``: the
+    history's validation-loss rows); runs without an evaluation there are left out."""
+    at = val[val.step == step][RUN_KEY + ["value"]].rename(columns={"value": "final_val_loss"})
+    return runs.drop(columns=["final_val_loss"]).merge(at, on=RUN_KEY, how="inner")
+
+
 def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
     """Every check of the final validation loss (``TRAJECTORY_KINDS``) judged at each evaluation step, on the
     learning curve's validation loss at that step (its fixed small window set): check, group, step, effect,
@@ -137,18 +153,14 @@ def trajectory(registry, ev: Evidence, history: pd.DataFrame) -> pd.DataFrame:
     val = S.select(history, S.VAL_LOSS)
     if not wanted or not len(val) or ev.runs is None:
         return pd.DataFrame(columns=["check", "group", "step", "effect", "ci_low", "ci_high", "n", "verdict"])
-    key = ["variant", "seed", "lr"]
-    runs = ev.runs.drop(columns=["final_val_loss"])
     steps = sorted(set(val.step.astype(int)))
+    final = ev.runs.set_index(RUN_KEY).final_val_loss
     rows = []
     for s in steps:
-        at = val[val.step == s][key + ["value"]].rename(columns={"value": "final_val_loss"})
-        if s == steps[-1]:  # the end of training: the final score (see the docstring)
-            final = ev.runs[key + ["final_val_loss"]]
-            at = at.merge(final, on=key, how="left", suffixes=("_curve", ""))
-            at["final_val_loss"] = at.final_val_loss.where(at.final_val_loss.notna(), at.final_val_loss_curve)
-            at = at[key + ["final_val_loss"]]
-        r = runs.merge(at, on=key, how="inner")
+        r = runs_at_step(ev.runs, val, s)
+        if s == steps[-1]:  # the end of training: the final score where the run has one (see the docstring)
+            end = final.reindex(pd.MultiIndex.from_frame(r[RUN_KEY])).to_numpy(dtype=float)
+            r["final_val_loss"] = np.where(np.isnan(end), r.final_val_loss, end)
         if not len(r):
             continue
         step_ev = replace(ev, runs=r, ngram=None)  # (the trigram guard judges the final loss only)
