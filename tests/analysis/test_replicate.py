@@ -43,6 +43,18 @@ def test_replicate_classifies_every_outcome(tmp_path):
     assert "Speed-bench checks: 1 decided in A, 1 in B, 1 replicated, 0 in conflict." in md  # probes: in neither
 
 
+def test_the_report_names_every_seed_the_arms_trained(tmp_path):
+    # catches: the grid's top-level seeds reported as the run's when arms name more of their own (the default grid:
+    # 6 for most arms, 9 for the z-loss pair), and the LR pilot's seeds left out
+    (tmp_path / "grid.json").write_text(json.dumps({
+        "seeds": [1050, 1051], "seed_offset": 1000, "pilot_seeds": [1200, 1201],
+        "variants": {"baseline": {"seeds": [1050, 1051]}, "bias": {}, "stress_z_loss": {"seeds": [1050, 1051, 1052]}}}))
+    assert replicate._seeds(tmp_path) == ("seeds [1050, 1051, 1052], 2–3 per variant (seed_offset 1000); "
+                                          "pilot seeds [1200, 1201]")
+    (tmp_path / "grid.json").write_text(json.dumps({"seeds": [0, 1], "variants": {"baseline": {}, "bias": {}}}))
+    assert replicate._seeds(tmp_path) == "seeds [0, 1]"
+
+
 def test_replicate_reports_a_missing_scorecard(tmp_path, capsys):
     assert replicate.main([str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 2
     assert "claims.csv does not exist" in capsys.readouterr().err

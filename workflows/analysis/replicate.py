@@ -77,11 +77,18 @@ def _ci(e, lo, hi) -> str:
 
 
 def _seeds(results: Path) -> str:
+    """The evaluation seeds the run trained: the grid's and every variant's own (arms may name more than the
+    grid's list), with the per-variant counts where they differ, the offset and the LR pilot's seeds."""
     p = Path(results) / "grid.json"
     if not p.exists():
         return "seeds unknown"
     g = json.loads(p.read_text())
-    return f"seeds {g.get('seeds')}" + (f" (seed_offset {g['seed_offset']})" if g.get("seed_offset") else "")
+    per_variant = [v.get("seeds") or g.get("seeds") or [] for v in (g.get("variants") or {}).values()]
+    seeds = sorted(set(g.get("seeds") or []).union(*map(set, per_variant)))
+    counts = sorted({len(s) for s in per_variant})
+    out = f"seeds {seeds}" + (f", {counts[0]}–{counts[-1]} per variant" if len(counts) > 1 else "")
+    out += f" (seed_offset {g['seed_offset']})" if g.get("seed_offset") else ""
+    return out + (f"; pilot seeds {g['pilot_seeds']}" if g.get("pilot_seeds") else "")
 
 
 def markdown(df: pd.DataFrame, a: Path, b: Path) -> str:
