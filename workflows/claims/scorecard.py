@@ -27,6 +27,7 @@ from .verdict import DECIDED, VERDICTS, combine, decision_p, fmt, holds_region, 
 HOLM_ALPHA = 0.05
 TRAJECTORY_KINDS = ("loss_delta", "metric_delta")  # checks of the final validation loss: judged at every evaluation
 MOVING_FRACTION = 1 / 3  # a verdict that changes over the last third of training is "still moving"
+RUN_KEY = ["variant", "seed", "lr"]  # one run of a grid
 
 RULE_TEXT = (
     "**The verdict rule.** Every bound is fixed in `config/claims.yaml` before the runs, in raw units, with its "
@@ -128,9 +129,6 @@ def late_steps(steps) -> list[int]:
     of the last step), the last included."""
     steps = sorted({int(x) for x in steps})
     return [x for x in steps if x >= (1 - MOVING_FRACTION) * steps[-1]] if steps else []
-
-
-RUN_KEY = ["variant", "seed", "lr"]
 
 
 def runs_at_step(runs: pd.DataFrame, val: pd.DataFrame, step: int) -> pd.DataFrame:

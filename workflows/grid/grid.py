@@ -72,6 +72,11 @@ def check_seed_offset(value) -> int:
     return value
 
 
+def _steps(runs: list[dict]) -> int:
+    """Training steps of a job's runs (run dicts)."""
+    return sum(RunConfig.from_dict(d).train.steps for d in runs)
+
+
 @dataclass
 class Grid:
     config: dict  # with the sweeps and the ladder expanded into variants
@@ -271,11 +276,11 @@ class Grid:
     def job_steps(self, variant: str) -> int:
         """Training steps of a variant's evaluation job (rule train): its scheduling priority (longest first
         balances the cores). Its pilot's runs are another job's (``pilot_steps``), done before it starts."""
-        return sum(RunConfig.from_dict(d).train.steps for d in self.job_runs(variant))
+        return _steps(self.job_runs(variant))
 
     def pilot_steps(self, variant: str) -> int:
         """Training steps of a variant's LR-pilot job (rule train_pilot; 0 without one)."""
-        return sum(RunConfig.from_dict(d).train.steps for d in self.pilot_job_runs(variant))
+        return _steps(self.pilot_job_runs(variant))
 
     def summary(self) -> dict:
         """What aggregate/figures/claims need: order, baseline, families, seeds, LRs, base configs."""
